@@ -8,6 +8,7 @@ Library functions never build clusters: they use whatever dask scheduler is acti
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import dask
@@ -64,6 +65,13 @@ def scheduler_context(
     from distributed import Client
 
     kwargs = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
+    if "scheduler_file" in kwargs and not os.path.exists(scheduler):
+        raise ConfigError(f"scheduler file {scheduler} does not exist (is `dask scheduler` running?)")
+    if "address" in kwargs and "://" not in scheduler and ":" not in scheduler:
+        raise ConfigError(
+            f"--scheduler {scheduler!r}: expected one of {', '.join(LOCAL_SCHEDULERS)}, "
+            "an address tcp://HOST:PORT or a scheduler file *.json"
+        )
     try:
         client = Client(timeout=timeout, **kwargs)
     except (OSError, TimeoutError) as exc:
@@ -71,6 +79,10 @@ def scheduler_context(
             f"cannot reach dask scheduler {scheduler!r} within {timeout:g} s: {exc}"
         ) from exc
     try:
+        from .clusters import check_worker_settings
+
+        if client.scheduler_info().get("workers"):
+            check_worker_settings(client)
         yield client
     finally:
         client.close()

@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover
     pass
 try:
     from .formats import (  # noqa: F401
+        load_library,
         read_ganx_database,
         read_library,
         read_spectrum,
@@ -38,7 +39,7 @@ try:
     )
 
     __all__ += [
-        "read_ganx_database", "read_library", "read_spectrum",
+        "load_library", "read_ganx_database", "read_library", "read_spectrum",
         "write_ganx_database", "write_library",
     ]
 except ImportError:  # pragma: no cover

@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from ..energy import as_energy_axis, axis_edges, rebin
-from ..errors import PigmentError
+from ..errors import EnergyAxisError, PigmentError
 
 __all__ = ["MeasuredSpectrum", "Pigment", "PigmentLibrary", "Layer"]
 
@@ -204,13 +204,19 @@ class Pigment:
 
         comp = {formula: 1.0} if isinstance(formula, str) else dict(formula)
         validate_composition(comp, where=f"pigment {name!r}")
+        ground = tuple(ground)
+        for i, layer in enumerate(ground):
+            if not isinstance(layer, Layer):
+                raise PigmentError(f"pigment {name!r}: ground[{i}] must be a Layer, got {layer!r}")
+            validate_composition(dict(layer.composition),
+                                 where=f"pigment {name!r} ground[{i}] ({layer.name or 'layer'})")
         return cls(
             name=name,
             rgb=tuple(rgb),
             composition=comp,
             density=density,
             thickness_um=thickness_um,
-            ground=tuple(ground),
+            ground=ground,
             aliases=tuple(aliases),
             rgb_source=rgb_source,
             provenance=dict(provenance or {"model": "ganx_dask.pigments.physics"}),
@@ -225,11 +231,19 @@ class Pigment:
     def spectrum(self, energy, instrument=None) -> np.ndarray:
         """This pigment's spectrum on ``energy`` as a probability distribution (sums to 1)."""
         if self.measured is not None:
-            y = self.measured.on(energy)
+            try:
+                y = self.measured.on(energy)
+            except EnergyAxisError as exc:
+                raise PigmentError(
+                    f"pigment {self.name!r} ({self.measured.source or 'measured spectrum'}): {exc}"
+                ) from None
         else:
             from .physics import pigment_spectrum
 
             y = pigment_spectrum(self, energy, instrument)
+        return self._normalised(y, energy)
+
+    def _normalised(self, y: np.ndarray, energy) -> np.ndarray:
         tot = float(np.sum(y))
         if not np.isfinite(tot) or tot <= 0:
             raise PigmentError(
@@ -322,6 +336,23 @@ class PigmentLibrary:
         return PigmentLibrary([replace(p) for p in self._pigments], **kw)
 
     # -- arrays ----------------------------------------------------------------------------
+    def _spectra_rows(self, energy, instrument) -> list[np.ndarray]:
+        """Normalised spectra; computed pigments are rendered together (one batched pass)."""
+        rows: list[np.ndarray | None] = [None] * len(self._pigments)
+        computed = [i for i, p in enumerate(self._pigments) if p.measured is None]
+        if computed:
+            from .physics import pigment_components, render_many
+
+            comps = [pigment_components(self._pigments[i], instrument) for i in computed]
+            inst = None if instrument is None else instrument
+            block = render_many(comps, axis_edges(energy), inst)
+            for j, i in enumerate(computed):
+                rows[i] = self._pigments[i]._normalised(block[j], energy)
+        for i, p in enumerate(self._pigments):
+            if rows[i] is None:
+                rows[i] = p.spectrum(energy, instrument)
+        return rows
+
     @property
     def rgb(self) -> xr.DataArray:
         """Characteristic colours, dims ``(pigment, channel)``, uint8."""
@@ -353,7 +384,7 @@ class PigmentLibrary:
 
         ax = as_energy_axis(energy)
         centres = ax.centres if isinstance(ax, EnergyAxis) else 0.5 * (ax[1:] + ax[:-1])
-        rows = [p.spectrum(ax, instrument) for p in self._pigments]
+        rows = self._spectra_rows(ax, instrument)
         data = np.vstack(rows) if rows else np.zeros((0, centres.size))
         coord = ax.to_coord() if isinstance(ax, EnergyAxis) else xr.DataArray(
             centres, dims="energy", attrs={"units": "keV"})

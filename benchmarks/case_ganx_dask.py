@@ -1,0 +1,92 @@
+"""One ganx-dask run, end to end, as the benchmark's subprocess: image file -> Zarr store.
+
+Prints one JSON line with the stage times (import, generate = read + cluster + match, write =
+Monte Carlo + encode + store), the cube size and the stored bytes.  Wall time, CPU time and peak
+RSS of the whole process tree are measured from outside (``_measure.py``).
+
+    python benchmarks/case_ganx_dask.py --image IMG --out STORE.zarr [--scheduler threads|local:N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+T0 = time.perf_counter()
+
+
+def _du(path: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            total += os.path.getsize(os.path.join(root, f))
+    return total
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--scheduler", default="threads",
+                    help="threads | synchronous | local:N (LocalCluster of N 1-thread workers)")
+    ap.add_argument("--engine", default="auto")
+    ap.add_argument("--chunks", type=int, default=256)
+    ap.add_argument("--counts", type=float, default=400)
+    ap.add_argument("--energy", default="0.5:38.5:1024")
+    ap.add_argument("--n-start", type=int, default=10)
+    ap.add_argument("--delta", type=int, default=2)
+    ap.add_argument("--patience", type=int, default=-1)
+    ap.add_argument("--score-batch", type=int, default=1024)
+    ap.add_argument("--library", default="paper", help="paper (the 9 pigments) | default")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args(argv)
+
+    import contextlib
+
+    import dask
+
+    from ganx_dask import generate, store
+    from ganx_dask.pigments.library import PAPER_PIGMENTS, default_library
+
+    t_import = time.perf_counter() - T0
+    lib = default_library()
+    if a.library == "paper":
+        lib = lib.select(PAPER_PIGMENTS)
+    ctx: contextlib.AbstractContextManager
+    if a.scheduler.startswith("local:"):
+        from ganx_dask.clusters import cluster_from_config
+
+        n = int(a.scheduler.split(":")[1])
+        cfg = os.path.join(tempfile.mkdtemp(prefix="ganx-bench-"), "local.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"kind: local\nworkers: {n}\nthreads_per_worker: 1\nmemory_limit: 4GiB\n")
+        ctx = cluster_from_config(cfg)
+    else:
+        ctx = dask.config.set(scheduler=a.scheduler)
+    with ctx:
+        t1 = time.perf_counter()
+        counts = int(a.counts) if a.counts == int(a.counts) else a.counts
+        ds = generate(a.image, lib, seed=a.seed, energy=a.energy, counts=counts,
+                      n_start=a.n_start, delta=a.delta, patience=a.patience,
+                      score_batch=a.score_batch, chunks=a.chunks, engine=a.engine)
+        t2 = time.perf_counter()
+        store.to_zarr(ds, a.out, overwrite=True)
+        t3 = time.perf_counter()
+    c = ds["counts"]
+    raw = int(c.size * c.dtype.itemsize)
+    stored = _du(os.path.join(a.out, "counts"))
+    res = {
+        "shape": list(c.shape), "dtype": str(c.dtype), "raw_bytes": raw, "stored_bytes": stored,
+        "ratio": raw / max(stored, 1), "t_import_s": t_import, "t_generate_s": t2 - t1,
+        "t_write_s": t3 - t2, "t_total_s": t3 - T0, "k": int(ds.sizes["cluster"]),
+        "scheduler": a.scheduler, "engine": a.engine,
+    }
+    print(json.dumps(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()

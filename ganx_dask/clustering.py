@@ -1,0 +1,339 @@
+"""Colour clustering of an image (ganX paper Alg. 2–3), fitted on a subsample, predicted chunk-wise.
+
+:func:`subsample_pixels` draws a deterministic pixel subsample (positions from
+``SeedSequence(seed, spawn_key=(1,))``, independent of dask chunking);
+:func:`fit_iterative_kmeans` runs scikit-learn's ``MiniBatchKMeans`` for every k from
+``n_start − delta`` to ``n_start + delta`` *inclusive* (never below 2, never above the number of
+distinct colours), scores each with the silhouette score on a further subsample
+(``spawn_key=(2,)``) and keeps the best (ties: the smaller k).  ``patience = p ≥ 0`` stops the sweep
+once more than ``p`` steps failed to improve the best score (the paper's counter, not reset on
+improvement); ``p = −1`` tries every k.  :func:`predict_labels` assigns every pixel of the full
+image to its nearest centroid (squared Euclidean distance in 8-bit RGB) with ``da.map_blocks``.
+
+An image with a single distinct colour yields one cluster (k = 1, no silhouette score).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .errors import ConfigError, ImageError
+
+__all__ = ["ClusterModel", "subsample_pixels", "fit_iterative_kmeans", "predict_labels",
+           "nearest_centroid"]
+
+#: Spawn-key namespaces (docs/architecture.md, "Determinism rule").
+_KEY_SUBSAMPLE, _KEY_SILHOUETTE, _KEY_KMEANS = 1, 2, 3
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=key)))
+
+
+@dataclass
+class ClusterModel:
+    """Result of the colour clustering.
+
+    Attributes
+    ----------
+    centroids : numpy.ndarray
+        ``(k, 3)`` float64 k-means centroids in 8-bit RGB units (used for prediction).
+    cluster_rgb : numpy.ndarray
+        ``(k, 3)`` uint8 mean colour of each cluster's members in the fit sample.
+    k : int
+        Chosen number of clusters.
+    scores : dict[int, float]
+        Silhouette score of every k tried (NaN when it could not be computed).
+    n_fit, n_score : int
+        Pixels used for fitting and for the silhouette score.
+    params : dict
+        The parameters of the fit (n_start, delta, patience, score_batch, seed).
+    """
+
+    centroids: np.ndarray
+    cluster_rgb: np.ndarray
+    k: int
+    scores: dict[int, float] = field(default_factory=dict)
+    n_fit: int = 0
+    n_score: int = 0
+    params: dict = field(default_factory=dict)
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        """Nearest-centroid label (int16) of ``(n, 3)`` RGB pixels."""
+        return nearest_centroid(pixels, self.centroids)
+
+    def to_attrs(self) -> dict:
+        """JSON-serialisable summary for the dataset attrs (chosen k, silhouette per k, ...)."""
+        return {
+            "method": "MiniBatchKMeans + silhouette (sklearn)",
+            "k": int(self.k),
+            "silhouette": {str(k): (None if not np.isfinite(s) else float(s))
+                           for k, s in self.scores.items()},
+            "k_tried": [int(k) for k in self.scores],
+            "n_fit_pixels": int(self.n_fit),
+            "n_score_pixels": int(self.n_score),
+            "centroids": np.round(self.centroids, 6).tolist(),
+            **{key: (int(v) if isinstance(v, (int, np.integer)) else v)
+               for key, v in self.params.items()},
+        }
+
+
+def nearest_centroid(pixels: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index (int16) of the nearest centroid of each pixel.
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        ``(..., 3)`` RGB values (0–255).
+    centroids : numpy.ndarray
+        ``(k, 3)`` centroids in the same units.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``pixels.shape[:-1]`` int16; ties go to the lower index.  Computed per pixel with exact
+        elementwise arithmetic, so the result does not depend on how the image is chunked.
+    """
+    p = np.asarray(pixels, dtype=np.float64)
+    c = np.asarray(centroids, dtype=np.float64)
+    best = np.zeros(p.shape[:-1], dtype=np.int16)
+    best_d = np.full(p.shape[:-1], np.inf)
+    for j in range(c.shape[0]):
+        d = ((p[..., 0] - c[j, 0]) ** 2 + (p[..., 1] - c[j, 1]) ** 2
+             + (p[..., 2] - c[j, 2]) ** 2)
+        better = d < best_d
+        best[better] = j
+        best_d = np.where(better, d, best_d)
+    return best
+
+
+def subsample_pixels(
+    image: xr.DataArray,
+    n: int,
+    seed: int,
+    mask: xr.DataArray | None = None,
+) -> np.ndarray:
+    """A deterministic random subsample of the image's pixels (computes only those pixels).
+
+    Parameters
+    ----------
+    image : xarray.DataArray
+        ``(y, x, channel)`` uint8 (numpy- or dask-backed).
+    n : int
+        Number of pixel positions drawn (without replacement); all pixels when the image has
+        at most ``n``.
+    seed : int
+        Master seed; positions come from ``SeedSequence(seed, spawn_key=(1,))`` and depend only on
+        the seed and the image shape, never on the chunking.
+    mask : xarray.DataArray, optional
+        Bool ``(y, x)``, True where a pixel counts (opaque); masked-out positions are dropped
+        from the sample.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(m, 3)`` uint8 pixels in row-major order of their positions, ``m <= n``.
+    """
+    ny, nx = int(image.sizes["y"]), int(image.sizes["x"])
+    total = ny * nx
+    if n < 1:
+        raise ConfigError(f"fit_samples must be >= 1 pixel, got {n}")
+    if total <= n:
+        flat = np.arange(total)
+    else:
+        flat = np.sort(_rng(seed, _KEY_SUBSAMPLE).choice(total, size=int(n), replace=False))
+    yy, xx = np.divmod(flat, nx)
+    data = image.transpose("y", "x", "channel").data
+    if isinstance(data, da.Array):
+        pix = data.vindex[yy, xx]
+        if mask is not None:
+            m = mask.transpose("y", "x").data
+            m = m.vindex[yy, xx] if isinstance(m, da.Array) else np.asarray(m)[yy, xx]
+            pix, m = da.compute(pix, m)
+            pix = np.asarray(pix)[np.asarray(m, dtype=bool)]
+        else:
+            pix = np.asarray(pix.compute())
+    else:
+        pix = np.asarray(data)[yy, xx]
+        if mask is not None:
+            pix = pix[np.asarray(mask.transpose("y", "x").values)[yy, xx]]
+    return np.ascontiguousarray(pix, dtype=np.uint8).reshape(-1, 3)
+
+
+def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import silhouette_score
+
+    n_lab = np.unique(labels).size
+    if n_lab < 2 or n_lab > x.shape[0] - 1:
+        return float("nan")
+    return float(silhouette_score(x, labels, metric="euclidean"))
+
+
+def _check_params(n_start, delta, patience, score_batch) -> None:
+    """Validate the sweep parameters (raises ConfigError naming the parameter)."""
+    for name, v in (("n_start", n_start), ("delta", delta), ("patience", patience),
+                    ("score_batch", score_batch)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ConfigError(f"{name} must be an integer, got {v!r}")
+    if n_start < 2:
+        raise ConfigError(f"n_start must be >= 2 clusters, got {n_start}")
+    if delta < 0:
+        raise ConfigError(f"delta must be >= 0, got {delta}")
+    if patience < -1:
+        raise ConfigError(f"patience must be -1 (none) or >= 0, got {patience}")
+    if score_batch < 3:
+        raise ConfigError(f"score_batch must be >= 3 pixels, got {score_batch}")
+
+
+def fit_iterative_kmeans(
+    pixels: np.ndarray,
+    *,
+    n_start: int = 10,
+    delta: int = 3,
+    patience: int = -1,
+    score_batch: int = 1024,
+    seed: int = 0,
+) -> ClusterModel:
+    """Iterative MiniBatchKMeans over a range of k, scored by the silhouette (paper Alg. 2).
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        ``(n, 3)`` uint8 RGB pixels (the fit subsample, see :func:`subsample_pixels`).
+    n_start : int
+        Centre of the k sweep (number of clusters).
+    delta : int
+        Half width of the sweep: k = ``n_start − delta`` … ``n_start + delta`` inclusive, k ≥ 2.
+    patience : int
+        ``−1``: try every k.  ``p ≥ 0``: stop once more than ``p`` steps did not improve the best
+        silhouette score (paper Alg. 2).
+    score_batch : int
+        Pixels (seed-derived subsample of ``pixels``) on which each silhouette score is computed.
+    seed : int
+        Master seed: silhouette subsample from ``SeedSequence(seed, (2,))``, the k-means
+        ``random_state`` for k from ``SeedSequence(seed, (3, k))``.
+
+    Returns
+    -------
+    ClusterModel
+
+    Raises
+    ------
+    ImageError
+        Fewer than 2 pixels to cluster.
+    ConfigError
+        Invalid parameters.
+    """
+    from sklearn.cluster import MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
+
+    _check_params(n_start, delta, patience, score_batch)
+    px = np.asarray(pixels)
+    if px.ndim != 2 or px.shape[1] != 3:
+        raise ImageError(f"pixels must have shape (n, 3), got {px.shape}")
+    if px.shape[0] < 2:
+        raise ImageError(
+            f"need at least 2 pixels to cluster colours, got {px.shape[0]} "
+            "(1x1 or fully transparent image?)"
+        )
+    params = {"n_start": int(n_start), "delta": int(delta), "patience": int(patience),
+              "score_batch": int(score_batch), "seed": int(seed)}
+    x = px.astype(np.float64)
+    distinct = np.unique(px, axis=0)
+    if distinct.shape[0] == 1:
+        warnings.warn("the image has a single colour: one cluster (k = 1)", UserWarning,
+                      stacklevel=2)
+        return ClusterModel(distinct.astype(np.float64), distinct.astype(np.uint8), 1, {},
+                            px.shape[0], 0, params)
+    ks = [k for k in range(max(2, n_start - delta), n_start + delta + 1)
+          if k <= distinct.shape[0]]
+    if not ks:
+        ks = [int(distinct.shape[0])]
+    n_score = min(int(score_batch), x.shape[0])
+    score_idx = np.sort(_rng(seed, _KEY_SILHOUETTE).choice(x.shape[0], n_score, replace=False))
+    xs = x[score_idx]
+
+    best_s, best = -np.inf, None
+    scores: dict[int, float] = {}
+    misses = 0
+    with threadpool_limits(limits=1):  # OpenMP threads: slow when oversubscribed, tiny inputs
+        for k in ks:
+            rs = int(np.random.SeedSequence(int(seed), spawn_key=(_KEY_KMEANS, k)).generate_state(1)[0])
+            km = MiniBatchKMeans(n_clusters=k, random_state=rs, n_init=3,
+                                 batch_size=min(1024, x.shape[0]))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ConvergenceWarning on near-degenerate inputs
+                km.fit(x)
+            s = _silhouette(xs, nearest_centroid(xs, km.cluster_centers_))
+            scores[k] = s
+            if best is None or (np.isfinite(s) and s > best_s):
+                best, best_s = km, (s if np.isfinite(s) else -np.inf)
+                continue
+            misses += 1
+            if patience >= 0 and misses > patience:
+                break
+    centroids = np.asarray(best.cluster_centers_, dtype=np.float64)
+    labels = nearest_centroid(x, centroids)
+    # drop empty clusters (possible on tiny inputs), then mean colour of the members
+    used = np.unique(labels)
+    centroids = centroids[used]
+    labels = np.searchsorted(used, labels)
+    counts = np.bincount(labels, minlength=used.size)
+    sums = np.stack([np.bincount(labels, weights=x[:, c], minlength=used.size)
+                     for c in range(3)], axis=1)
+    cluster_rgb = np.clip(np.rint(sums / counts[:, None]), 0, 255).astype(np.uint8)
+    return ClusterModel(centroids, cluster_rgb, int(used.size), scores, x.shape[0], n_score,
+                        params)
+
+
+def predict_labels(
+    image: xr.DataArray,
+    model: ClusterModel,
+    alpha_mask: xr.DataArray | None = None,
+) -> xr.DataArray:
+    """Cluster label of every pixel, computed lazily chunk by chunk.
+
+    Parameters
+    ----------
+    image : xarray.DataArray
+        ``(y, x, channel)`` uint8, dask-backed with chunks ``(c, c, 3)``.
+    model : ClusterModel
+    alpha_mask : xarray.DataArray, optional
+        Bool ``(y, x)``: False (fully transparent) pixels get label −1.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(y, x)`` int16, dask chunks as the image's y/x chunks.
+    """
+    img = image.transpose("y", "x", "channel")
+    data = img.data if isinstance(img.data, da.Array) else da.from_array(img.data)
+    if data.numblocks[2] != 1:
+        data = data.rechunk({2: 3})
+    centroids = np.asarray(model.centroids, dtype=np.float64)
+    labels = da.map_blocks(
+        nearest_centroid, data, centroids, drop_axis=2, dtype=np.int16,
+        meta=np.empty((0, 0), np.int16), name="labels-" + _tok(data, centroids),
+    )
+    if alpha_mask is not None:
+        m = alpha_mask.transpose("y", "x").data
+        m = m.rechunk(labels.chunks) if isinstance(m, da.Array) else da.from_array(
+            np.asarray(m), chunks=labels.chunks)
+        labels = da.where(m, labels, np.int16(-1)).astype(np.int16)
+    return xr.DataArray(
+        labels, dims=("y", "x"),
+        coords={"y": img.coords["y"], "x": img.coords["x"]} if "y" in img.coords else None,
+        name="labels",
+        attrs={"long_name": "cluster label (-1 = transparent, no counts)"},
+    )
+
+
+def _tok(*args) -> str:
+    from dask.base import tokenize
+
+    return tokenize(*args)

@@ -1,0 +1,523 @@
+"""The ``batch`` pipeline: an image collection → one dataset store with a manifest.
+
+``DATASET.zarr`` is a Zarr v3 group holding one sub-group per image (the layout of
+:func:`ganx_dask.store.to_zarr`) plus, in the root group's attributes:
+
+``manifest``
+    one record per image: ``name`` (= group), ``image`` (absolute path), ``sha256`` (content
+    hash), ``seed``, ``shape`` ``[y, x]`` (pixels), ``status`` (``complete``, ``failed``,
+    ``stale``), ``group`` (path inside the store), ``error``.
+``skipped``
+    files that were not images (``path``, ``reason``).
+``batch``
+    the master seed and the generation parameters; a re-run must use the same ones.
+
+Per-image seeds come from the master seed and the image's **name** (the group name: the file
+name without its extension), never from its position in the list, so reordering or extending the
+collection changes no existing image's seed or bytes.  On a re-run, images whose group is complete
+and whose content hash is unchanged are skipped; interrupted groups are resumed (only their missing
+regions are computed).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, GanxError, ImageError
+from .config import Option, load_yaml, validate
+
+__all__ = [
+    "BATCH_SCHEMA",
+    "IMAGE_SUFFIXES",
+    "BatchReport",
+    "batch_schema",
+    "generation_schema",
+    "load_batch_config",
+    "image_seed",
+    "group_name",
+    "collect_images",
+    "file_sha256",
+    "run_batch",
+    "read_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+#: File name endings treated as images when scanning a folder (case-insensitive).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".btf", ".bmp", ".gif", ".webp")
+
+#: Top-level keys of a batch config (the ``generation`` section is added from ``generate()``).
+BATCH_SCHEMA: dict[str, Any] = {
+    "seed": Option(int, 0, "Master seed; each image's seed derives from it and the image name.", minimum=0),
+    "images": Option((list, str), None, "Images: a folder, a glob, a file, or a list of these (the CLI's IMAGES replace it).", nullable=True),
+    "output": Option(str, None, "Dataset store DATASET.zarr (the CLI's -o replaces it).", nullable=True),
+    "recursive": Option(bool, False, "Also scan sub-folders of a folder."),
+    "overwrite": Option(bool, False, "Regenerate images whose content changed since the last run (and allow changed parameters)."),
+    "scheduler": Option(str, None, "Scheduler: threads, processes, synchronous, tcp://ADDRESS or a scheduler file.", nullable=True),
+    "cluster_config": Option(str, None, "Cluster configuration YAML (cluster_configs/); relative to this file.", nullable=True),
+}
+
+#: Keyword arguments of ``generate()`` that are not generation options of a batch.
+_NOT_OPTIONS = {"image", "library", "seed", "client"}
+
+
+def generation_schema() -> dict[str, Option]:
+    """Schema of the ``generation`` section: the keyword options of :func:`ganx_dask.generate`.
+
+    Each option's type is that of its default (``int`` defaults also accept nothing else; ``None``
+    defaults accept any value), plus ``library`` (a pigment-library file path).
+    """
+    import inspect
+
+    from ..generator import generate
+
+    schema: dict[str, Option] = {
+        "library": Option(str, None, "Pigment library file (null = the bundled default library).", nullable=True),
+    }
+    doc = "see `ganx-dask generate --help` / `ganx_dask.generate`"
+    for name, p in inspect.signature(generate).parameters.items():
+        if name in _NOT_OPTIONS or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+            continue
+        d = p.default
+        if d is inspect.Parameter.empty:
+            continue
+        ann = str(p.annotation)
+        if d is None:
+            schema[name] = Option(object, None, doc, nullable=True)
+        elif isinstance(d, bool) or ann == "bool":
+            schema[name] = Option(bool, d, doc)
+        elif isinstance(d, (int, float)) and ann in ("float", "<class 'float'>"):
+            schema[name] = Option(float, d, doc)
+        elif isinstance(d, (int, float, str)):
+            schema[name] = Option(type(d), d, doc)
+        else:  # e.g. an energy axis given as a string or an array
+            schema[name] = Option(object, d, doc)
+    return schema
+
+
+def batch_schema() -> dict[str, Any]:
+    """The full batch schema: :data:`BATCH_SCHEMA` plus the ``generation`` section."""
+    return {**BATCH_SCHEMA, "generation": generation_schema()}
+
+
+def load_batch_config(
+    config: str | os.PathLike | Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Validate a batch config (YAML path, dict or ``None`` for the defaults).
+
+    Relative ``images``, ``output``, ``cluster_config`` and ``generation.library`` paths in a file
+    are taken relative to the file's folder.
+
+    Raises
+    ------
+    ConfigError
+        Unknown key or wrong type (naming the dotted key), missing or malformed file.
+    """
+    if config is None:
+        return validate({}, batch_schema(), source="batch defaults")
+    if isinstance(config, Mapping):
+        return validate(config, batch_schema(), source="batch config")
+    path = os.fspath(config)
+    cfg = validate(load_yaml(path), batch_schema(), source=path)
+    base = os.path.dirname(os.path.abspath(path))
+
+    def rel(p: str) -> str:
+        p = os.path.expanduser(p)
+        return p if os.path.isabs(p) else os.path.join(base, p)
+
+    for key in ("output", "cluster_config"):
+        if cfg[key] is not None:
+            cfg[key] = rel(cfg[key])
+    if cfg["generation"]["library"] is not None:
+        cfg["generation"]["library"] = rel(cfg["generation"]["library"])
+    if cfg["images"] is not None:
+        imgs = [cfg["images"]] if isinstance(cfg["images"], str) else cfg["images"]
+        if not all(isinstance(i, str) for i in imgs):
+            raise ConfigError(f"{path}: key 'images' must be a string or a list of strings")
+        cfg["images"] = [rel(i) for i in imgs]
+    return cfg
+
+
+def image_seed(master_seed: int, name: str) -> int:
+    """Seed of one image, from the master seed and the image's name only.
+
+    ``SeedSequence(master_seed, spawn_key=<sha256(name) as 8 uint32 words>)`` → one 63-bit
+    integer.  Independent of the image's position in the collection.
+
+    Parameters
+    ----------
+    master_seed : int
+        Non-negative master seed of the batch.
+    name : str
+        The image's name (its group name).
+    """
+    words = np.frombuffer(hashlib.sha256(name.encode("utf-8")).digest(), dtype="<u4")
+    ss = np.random.SeedSequence(int(master_seed), spawn_key=tuple(int(w) for w in words))
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def group_name(path: str | os.PathLike) -> str:
+    """Zarr group name of an image: its file name without extension, other characters than
+    ``A-Z a-z 0-9 _ . -`` replaced by ``_`` (``"St Mark (detail).tif"`` → ``"St_Mark_detail_"``)."""
+    stem = Path(path).name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    else:
+        stem = Path(stem).stem or stem
+    name = _BAD_CHARS.sub("_", stem).strip(".") or "image"
+    if name.startswith("__"):
+        name = "img" + name
+    return name
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.startswith(".")
+
+
+def collect_images(
+    sources: Sequence[str | os.PathLike], *, recursive: bool = False
+) -> tuple[list[Path], list[dict[str, str]]]:
+    """Expand folders, globs and files into the list of image files.
+
+    Parameters
+    ----------
+    sources : sequence of path-like
+        Folders (their image files), glob patterns, or files.
+    recursive : bool
+        Scan sub-folders of folders too.
+
+    Returns
+    -------
+    list of Path
+        Image files (absolute, in order of first appearance, duplicates removed).
+    list of dict
+        Skipped files: ``{"path", "reason"}`` (wrong extension, hidden file).
+
+    Raises
+    ------
+    ImageError
+        A source that does not exist, a glob matching nothing, or no image at all.
+    ConfigError
+        Two different files mapping to the same group name.
+    """
+    images: list[Path] = []
+    skipped: list[dict[str, str]] = []
+
+    def consider(p: Path) -> None:
+        p = p.resolve()
+        if p.is_dir():
+            return
+        if _is_image_name(p):
+            if p not in images:
+                images.append(p)
+        else:
+            reason = "hidden file" if p.name.startswith(".") else (
+                f"not an image (extension {p.suffix or 'none'!r})")
+            skipped.append({"path": str(p), "reason": reason})
+
+    for src in sources:
+        s = os.fspath(src)
+        p = Path(s).expanduser()
+        if p.is_dir():
+            it = p.rglob("*") if recursive else p.iterdir()
+            for f in sorted(it):
+                if f.is_file():
+                    consider(f)
+        elif p.is_file():
+            consider(p)
+        elif glob.has_magic(s):
+            matches = sorted(glob.glob(os.path.expanduser(s), recursive=recursive))
+            if not matches:
+                raise ImageError(f"no file matches {s!r}")
+            for m in matches:
+                consider(Path(m))
+        else:
+            raise ImageError(f"image file or folder not found: {s}")
+    if not images:
+        listed = "; ".join(f"{Path(s['path']).name}: {s['reason']}" for s in skipped[:10])
+        raise ImageError(
+            f"no images found in {', '.join(map(str, sources))} "
+            f"(image extensions: {', '.join(IMAGE_SUFFIXES)})"
+            + (f"; skipped {listed}" if listed else "")
+        )
+    names: dict[str, Path] = {}
+    for p in images:
+        n = group_name(p)
+        if n in names:
+            raise ConfigError(
+                f"images {names[n]} and {p} both map to the dataset group {n!r}; rename one"
+            )
+        names[n] = p
+    if skipped:
+        listed = "; ".join(f"{s['path']} ({s['reason']})" for s in skipped)
+        warnings.warn(f"skipping {len(skipped)} file(s) that are not images: {listed}",
+                      UserWarning, stacklevel=2)
+    return images, skipped
+
+
+def file_sha256(path: str | os.PathLike, blocksize: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(blocksize):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class BatchReport:
+    """What a batch run did.
+
+    Attributes
+    ----------
+    output : str
+        The dataset store.
+    manifest : list of dict
+        The manifest as written (one record per image of this run and earlier runs).
+    generated, resumed, skipped_complete, failed, stale : list of str
+        Image names by outcome in this run.
+    skipped : list of dict
+        Non-image files (``path``, ``reason``).
+    """
+
+    output: str
+    manifest: list[dict[str, Any]] = field(default_factory=list)
+    generated: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    skipped_complete: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line per outcome, for the CLI."""
+        lines = [
+            f"{self.output}: {len(self.manifest)} image(s) in the manifest",
+            f"  generated {len(self.generated)}, resumed {len(self.resumed)}, "
+            f"already complete {len(self.skipped_complete)}, failed {len(self.failed)}, "
+            f"stale {len(self.stale)}, non-images skipped {len(self.skipped)}",
+        ]
+        lines += [f"  skipped {s['path']}: {s['reason']}" for s in self.skipped]
+        for rec in self.manifest:
+            if rec["status"] in ("failed", "stale"):
+                lines.append(f"  {rec['status']} {rec['name']}: {rec.get('error')}")
+        return "\n".join(lines)
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The manifest records of a dataset store (empty list if it has none).
+
+    Raises
+    ------
+    ConfigError
+        When ``path`` is not a Zarr group.
+    """
+    import zarr
+
+    try:
+        root = zarr.open_group(os.fspath(path), mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        raise ConfigError(f"{path}: not a ganx-dask dataset store") from exc
+    return list(root.attrs.get("manifest", []))
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _open_root(output: str, params: dict[str, Any], overwrite: bool):
+    import zarr
+
+    try:
+        root = zarr.open_group(output, mode="a", zarr_format=3)
+    except (PermissionError, OSError) as exc:
+        raise ConfigError(f"output {output} is not writable: {exc}") from exc
+    except (zarr.errors.ContainsArrayError, ValueError) as exc:
+        raise ConfigError(f"output {output} exists and is not a dataset group: {exc}") from exc
+    old = root.attrs.get("batch")
+    changed = old is not None and old != params
+    if changed and not overwrite:
+        diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+        raise ConfigError(
+            f"{output} was made with different batch parameters ({', '.join(diff)}); "
+            "use a new output or --overwrite (regenerates every image)"
+        )
+    return root, changed
+
+
+def _check_writable(output: str) -> None:
+    """Fail before any work when the output cannot be created (a real probe: works as root)."""
+    from ..store import _check_writable as probe  # the one implementation (store.py)
+
+    probe(Path(output).expanduser().absolute())
+
+
+def run_batch(
+    images: Sequence[str | os.PathLike] | None,
+    output: str | os.PathLike | None,
+    config: str | os.PathLike | Mapping[str, Any] | None = None,
+    *,
+    seed: int | None = None,
+    overwrite: bool | None = None,
+    generation: Mapping[str, Any] | None = None,
+    progress: bool = False,
+) -> BatchReport:
+    """Generate one cube per image into ``output`` (one group each) and maintain the manifest.
+
+    Runs on the active dask scheduler (the CLI sets one up); builds no cluster.
+
+    Parameters
+    ----------
+    images : sequence of path-like or None
+        Folders, globs or files; ``None`` uses the config's ``images``.
+    output : path-like or None
+        Dataset store; ``None`` uses the config's ``output``.
+    config : path-like, mapping or None
+        Batch configuration (see ``pipelines/batch/README.md``).
+    seed : int or None
+        Master seed, overriding the config.
+    overwrite : bool or None
+        Overrides the config's ``overwrite``.
+    generation : mapping or None
+        Generation options overriding the config's ``generation`` section (validated the same).
+    progress : bool
+        Show a progress bar per image.
+
+    Returns
+    -------
+    BatchReport
+
+    Raises
+    ------
+    ConfigError
+        Invalid configuration, no output, an unwritable output, or a dataset made with different
+        parameters.
+    ImageError
+        No images found.
+    """
+    from ..generator import generate
+    from ..store import is_complete, to_zarr
+
+    cfg = load_batch_config(config)
+    if generation:
+        merged = {**{k: v for k, v in cfg["generation"].items()}, **dict(generation)}
+        cfg["generation"] = validate(merged, generation_schema(), source="generation options",
+                                     prefix="generation.")
+    if seed is not None:
+        cfg["seed"] = validate({"seed": seed}, {"seed": BATCH_SCHEMA["seed"]}, source="--seed")["seed"]
+    if overwrite is not None:
+        cfg["overwrite"] = bool(overwrite)
+    sources = list(images) if images else cfg["images"]
+    if not sources:
+        raise ConfigError("no images given (IMAGES arguments or the config's 'images')")
+    out = os.fspath(output) if output is not None else cfg["output"]
+    if not out:
+        raise ConfigError("no output dataset given (-o DATASET.zarr or the config's 'output')")
+    files, skipped = collect_images(sources, recursive=cfg["recursive"])
+    _check_writable(out)
+
+    gen = dict(cfg["generation"])
+    library_path = gen.pop("library")
+    params = _jsonable({"seed": cfg["seed"], "generation": gen, "library": library_path})
+    library = library_path  # generate() reads a library file itself
+
+    root, _ = _open_root(out, params, cfg["overwrite"])
+    phash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    manifest = {rec["name"]: rec for rec in root.attrs.get("manifest", [])}
+    old_skipped = {s["path"]: s for s in root.attrs.get("skipped", [])}
+    old_skipped.update({s["path"]: s for s in skipped})
+    report = BatchReport(output=out, skipped=skipped)
+
+    def save() -> None:
+        root.attrs.update(
+            {
+                "batch": params,
+                "manifest": _jsonable(list(manifest.values())),
+                "skipped": list(old_skipped.values()),
+            }
+        )
+
+    save()
+    for path in files:
+        name = group_name(path)
+        sha = file_sha256(path)
+        img_seed = image_seed(cfg["seed"], name)
+        prev = manifest.get(name)
+        rec = {
+            "name": name, "image": str(path), "sha256": sha, "seed": img_seed,
+            "shape": prev.get("shape") if prev else None, "status": "pending",
+            "group": name, "error": None, "parameters": phash,
+        }
+        group_exists = name in root
+        done = group_exists and is_complete(out, group=name)
+        changed = None
+        if group_exists and prev is not None and prev.get("parameters", phash) != phash:
+            changed = "generated with different batch parameters"
+        elif group_exists and prev is not None and prev.get("sha256") != sha:
+            changed = "image content changed since it was generated"
+        if changed:
+            if not cfg["overwrite"]:
+                rec.update(status="stale", error=f"{changed}; re-run with --overwrite to "
+                           "regenerate", sha256=prev.get("sha256"),
+                           parameters=prev.get("parameters"))
+                manifest[name] = rec
+                report.stale.append(name)
+                warnings.warn(f"{path}: {rec['error']}", UserWarning, stacklevel=2)
+                save()
+                continue
+            mode = {"overwrite": True}
+        elif done:
+            rec.update(status="complete", shape=prev.get("shape") if prev else None)
+            if rec["shape"] is None:
+                rec["shape"] = _group_shape(out, name)
+            manifest[name] = rec
+            report.skipped_complete.append(name)
+            save()
+            continue
+        elif group_exists:
+            mode = {"resume": True}
+        else:
+            mode = {}
+        manifest[name] = rec
+        save()
+        try:
+            ds = generate(str(path), library, seed=img_seed, **gen)
+            rec["shape"] = [int(ds.sizes["y"]), int(ds.sizes["x"])]
+            to_zarr(ds, out, group=name, progress=progress, **mode)
+        except GanxError as exc:
+            rec.update(status="failed", error=str(exc))
+            report.failed.append(name)
+            log.warning("%s: %s", path, exc)
+        else:
+            rec.update(status="complete")
+            (report.resumed if mode.get("resume") else report.generated).append(name)
+        save()
+    report.manifest = list(manifest.values())
+    return report
+
+
+def _group_shape(out: str, name: str) -> list[int] | None:
+    import zarr
+
+    try:
+        counts = zarr.open_group(out, mode="r")[name]["counts"]
+    except (KeyError, FileNotFoundError):
+        return None
+    return [int(counts.shape[0]), int(counts.shape[1])]

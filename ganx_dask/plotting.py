@@ -1,0 +1,299 @@
+"""Publication-quality figures of cubes and their analysis (matplotlib, Agg backend).
+
+Every function returns a :class:`matplotlib.figure.Figure` and, when ``path`` is given, saves it
+(PNG at ``dpi``) and closes it.  Inputs are xarray objects from :mod:`ganx_dask.analysis`; they are
+computed here (element maps and sum spectra are small), so call these after reducing a big cube.
+
+* :func:`element_map_grid` — one panel per element map, each with a colour bar in counts;
+* :func:`sum_spectra` — sum spectra overlaid on a log y axis with emission-line markers;
+* :func:`flattened_image` — the ``(pixel, energy)`` image after ``x → tanh(log(1 + x))``;
+* :func:`rgb_comparison` — original vs clustered RGB (labels → ``cluster_rgb``);
+* :func:`abundance_heatmap` — cluster × pigment ground-truth abundance.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import xarray as xr  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .errors import GanxError  # noqa: E402
+
+__all__ = [
+    "element_map_grid",
+    "sum_spectra",
+    "flattened_image",
+    "rgb_comparison",
+    "clustered_rgb",
+    "abundance_heatmap",
+    "save",
+]
+
+_STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "figure.dpi": 100,
+    "savefig.bbox": "tight",
+}
+_LINESTYLES = (":", "--", "-.", "-", (0, (5, 1)), (0, (3, 1, 1, 1)))
+
+
+def save(fig: Figure, path: str | os.PathLike | None, dpi: int = 150) -> Figure:
+    """Save ``fig`` to ``path`` (if given) as PNG at ``dpi`` and close it; returns ``fig``."""
+    if path is not None:
+        fig.savefig(os.fspath(path), dpi=dpi)
+        plt.close(fig)
+    return fig
+
+
+def _values(a) -> np.ndarray:
+    if isinstance(a, xr.DataArray):
+        return np.asarray(a.values)
+    return np.asarray(a)
+
+
+def element_map_grid(maps: xr.DataArray | Mapping[str, xr.DataArray], *, ncols: int = 4,
+                     title: str | None = None, cmap: str = "viridis", path=None,
+                     dpi: int = 150) -> Figure:
+    """Grid of element maps, one colour bar (counts) per panel.
+
+    Parameters
+    ----------
+    maps : DataArray (element, y, x) or mapping label → DataArray (y, x)
+        E.g. :func:`ganx_dask.analysis.element_maps`.
+    ncols : int
+        Panels per row.
+    """
+    if isinstance(maps, xr.DataArray):
+        if "element" not in maps.dims:
+            raise GanxError("element_map_grid needs a DataArray with an 'element' dimension")
+        items = [(str(e), maps.sel(element=e)) for e in maps["element"].values]
+        energies = maps.coords.get("line_energy")
+        if energies is not None:
+            items = [(f"{lbl} ({float(en):.2f} keV)", m)
+                     for (lbl, m), en in zip(items, energies.values, strict=True)]
+    else:
+        items = list(maps.items())
+    if not items:
+        raise GanxError("no element maps to plot")
+    arrays = [(lbl, _values(m)) for lbl, m in items]
+    n = len(arrays)
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    h, w = arrays[0][1].shape
+    panel_w = 3.0
+    panel_h = panel_w * h / max(w, 1) + 0.4
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(panel_w * ncols + 0.6 * ncols,
+                                                        panel_h * nrows + (0.4 if title else 0)),
+                                 squeeze=False, layout="constrained")
+        for ax in axes.flat[n:]:
+            ax.axis("off")
+        for ax, (lbl, arr) in zip(axes.flat, arrays, strict=False):
+            im = ax.imshow(arr, cmap=cmap, interpolation="nearest")
+            ax.set_title(lbl)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02)
+            cb.set_label("counts")
+        if title:
+            fig.suptitle(title)
+    return save(fig, path, dpi)
+
+
+def sum_spectra(spectra: Mapping[str, xr.DataArray] | xr.DataArray, *,
+                lines: Sequence[tuple[str, str]] | None = None, normalise: bool = True,
+                title: str | None = None, path=None, dpi: int = 150) -> Figure:
+    """Sum spectra overlaid on a log y axis, with vertical markers at emission lines.
+
+    Parameters
+    ----------
+    spectra : mapping label → DataArray (energy) or one DataArray
+        Sum spectra with an ``energy`` coordinate (keV).
+    lines : sequence of (element, line), optional
+        Lines to mark (xraylib energies); those outside the axis are skipped.
+    normalise : bool
+        Plot each spectrum normalised to sum 1 (paper's Figure 5) instead of counts.
+    """
+    from .analysis import line_energy
+
+    if isinstance(spectra, xr.DataArray):
+        spectra = {spectra.name or "sum spectrum": spectra}
+    if not spectra:
+        raise GanxError("no spectra to plot")
+    with plt.rc_context(_STYLE):
+        fig, ax = plt.subplots(figsize=(7.0, 3.8), layout="constrained")
+        lo, hi = np.inf, -np.inf
+        for i, (lbl, s) in enumerate(spectra.items()):
+            e = _values(s["energy"])
+            y = _values(s).astype(float)
+            if normalise and y.sum() > 0:
+                y = y / y.sum()
+            lo, hi = min(lo, e.min()), max(hi, e.max())
+            ax.plot(e, np.where(y > 0, y, np.nan), ls=_LINESTYLES[i % len(_LINESTYLES)], lw=1.0,
+                    label=str(lbl))
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_xlabel("energy (keV)")
+        ax.set_ylabel("fraction of counts per channel" if normalise else "counts per channel")
+        for el, ln in lines or ():
+            try:
+                en = line_energy(el, ln)
+            except GanxError:
+                continue
+            if lo <= en <= hi:
+                ax.axvline(en, color="0.6", lw=0.6, zorder=0)
+                ax.annotate(f"{el} {ln[0]}{'α' if ln[1] == 'a' else 'β'}", (en, 1.01),
+                            xycoords=("data", "axes fraction"), rotation=90, va="bottom",
+                            ha="center", fontsize=7, color="0.3", annotation_clip=False)
+        ax.legend(loc="upper right", frameon=False)
+        if title:
+            ax.set_title(title, pad=34 if lines else 6)
+    return save(fig, path, dpi)
+
+
+def flattened_image(flat, *, transform: bool = True, title: str | None = None,
+                    max_rows: int = 4096, path=None, dpi: int = 150) -> Figure:
+    """Image(s) of flattened cubes ``(pixel, energy)`` after ``x → tanh(log(1 + x))``.
+
+    Parameters
+    ----------
+    flat : DataArray (pixel, energy), array, or mapping label → one of those
+        A mapping gives one panel per cube, side by side (paper's Figure 6).
+    max_rows : int
+        Tall cubes are shown with rows averaged in groups so at most this many rows are drawn
+        (only the reduced image is computed).
+    """
+    panels = dict(flat) if isinstance(flat, Mapping) else {"": flat}
+    if not panels:
+        raise GanxError("no flattened cube to plot")
+    imgs = [(lbl, *_reduced(f, transform, max_rows)) for lbl, f in panels.items()]
+    n = len(imgs)
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 0.8, 4.5), squeeze=False,
+                                 layout="constrained")
+        im = None
+        for ax, (lbl, img, e, rows, step) in zip(axes.flat, imgs, strict=True):
+            im = ax.imshow(img, aspect="auto", cmap="magma", interpolation="nearest",
+                           extent=(float(e[0]), float(e[-1]), rows, 0), vmin=0,
+                           vmax=1 if transform else None)
+            ax.set_xlabel("energy (keV)")
+            ax.set_ylabel("pixel (raster order)" + (f", mean of {step}" if step > 1 else ""))
+            if lbl:
+                ax.set_title(lbl)
+        cb = fig.colorbar(im, ax=list(axes.flat), pad=0.02)
+        cb.set_label("tanh(log(1 + counts))" if transform else "counts")
+        if title:
+            fig.suptitle(title)
+    return save(fig, path, dpi)
+
+
+def _reduced(flat, transform: bool, max_rows: int):
+    from .metrics import display_transform
+
+    data = flat.data if isinstance(flat, xr.DataArray) else flat
+    if data.ndim != 2:
+        raise GanxError(f"flattened_image needs a (pixel, energy) array, got shape {data.shape}")
+    img = display_transform(data) if transform else data.astype(float)
+    step = max(1, -(-data.shape[0] // max_rows))
+    if step > 1:
+        n = (data.shape[0] // step) * step
+        img = img[:n].reshape(n // step, step, data.shape[1]).mean(axis=1)
+    img = np.asarray(img.compute() if hasattr(img, "compute") else img)
+    e = _values(flat["energy"]) if isinstance(flat, xr.DataArray) and "energy" in flat.coords \
+        else np.arange(data.shape[1])
+    return img, e, data.shape[0], step
+
+
+def clustered_rgb(labels: xr.DataArray | np.ndarray, cluster_rgb: xr.DataArray | np.ndarray
+                  ) -> np.ndarray:
+    """The clustered image: each pixel's cluster colour (uint8 ``(H, W, 3)``; label −1 → white).
+
+    ``cluster_rgb`` rows are indexed by position, or by its ``cluster`` coordinate when given.
+    """
+    lab = _values(labels).astype(np.int64)
+    table = _values(cluster_rgb).astype(np.uint8)
+    if isinstance(cluster_rgb, xr.DataArray) and "cluster" in cluster_rgb.coords:
+        ids = np.asarray(cluster_rgb["cluster"].values, dtype=np.int64)
+        lut = np.full(max(int(ids.max()) + 1, int(lab.max()) + 1, 1), -1, dtype=np.int64)
+        lut[ids] = np.arange(ids.size)
+        pos = np.where(lab >= 0, lut[np.clip(lab, 0, None)], -1)
+    else:
+        pos = lab
+    table = np.vstack([table, [[255, 255, 255]]])
+    return table[np.where(pos >= 0, pos, table.shape[0] - 1)]
+
+
+def rgb_comparison(rgb, labels, cluster_rgb, *, title: str | None = None,
+                   k: int | None = None, path=None, dpi: int = 150) -> Figure:
+    """Original vs clustered RGB side by side (paper's Figure 1), axes in pixels."""
+    orig = _values(rgb)
+    if orig.ndim != 3 or orig.shape[-1] != 3:
+        raise GanxError(f"rgb must be (y, x, 3), got shape {orig.shape}")
+    clus = clustered_rgb(labels, cluster_rgb)
+    h, w = orig.shape[:2]
+    with plt.rc_context(_STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(8.0, 4.0 * h / max(w, 1) + 0.6),
+                                 layout="constrained")
+        axes[0].imshow(orig.astype(np.uint8), interpolation="nearest")
+        axes[0].set_title("original RGB")
+        axes[1].imshow(clus, interpolation="nearest")
+        ncl = k if k is not None else int(_values(cluster_rgb).shape[0])
+        axes[1].set_title(f"clustered RGB (k = {ncl})")
+        for ax in axes:
+            ax.set_xlabel("x (pixel)")
+            ax.set_ylabel("y (pixel)")
+        if title:
+            fig.suptitle(title)
+    return save(fig, path, dpi)
+
+
+def abundance_heatmap(abundance: xr.DataArray, *, cluster_rgb=None, title: str | None = None,
+                      path=None, dpi: int = 150) -> Figure:
+    """Heatmap of ``abundance(cluster, pigment)`` (fraction, 0–1) with values annotated.
+
+    With ``cluster_rgb`` each cluster's row label gets a swatch of its colour.
+    """
+    if not isinstance(abundance, xr.DataArray) or set(abundance.dims) != {"cluster", "pigment"}:
+        raise GanxError("abundance_heatmap needs a DataArray with dims (cluster, pigment)")
+    ab = abundance.transpose("cluster", "pigment")
+    vals = np.asarray(ab.values, dtype=float)
+    nc, npg = vals.shape
+    with plt.rc_context(_STYLE):
+        size = (1.0 + 0.55 * npg + 1.4, 1.2 + 0.35 * nc + 1.0)
+        if cluster_rgb is not None:
+            fig, (sax, ax) = plt.subplots(1, 2, figsize=size, sharey=True, layout="constrained",
+                                          gridspec_kw={"width_ratios": [0.5, npg]})
+            sw = _values(cluster_rgb).astype(np.uint8)[:nc, None, :]
+            sax.imshow(sw, aspect="auto", interpolation="nearest")
+            sax.set_xticks([])
+            sax.set_title("colour", fontsize=7)
+            sax.set_yticks(range(nc), [f"cluster {c}" for c in ab["cluster"].values])
+        else:
+            fig, ax = plt.subplots(figsize=size, layout="constrained")
+            ax.set_yticks(range(nc), [f"cluster {c}" for c in ab["cluster"].values])
+        im = ax.imshow(vals, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(npg), [str(p) for p in ab["pigment"].values], rotation=45, ha="right")
+        if nc * npg <= 400:
+            for i in range(nc):
+                for j in range(npg):
+                    if vals[i, j] >= 0.005:
+                        ax.text(j, i, f"{vals[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                                color="white" if vals[i, j] > 0.6 else "black")
+        cb = fig.colorbar(im, ax=ax, pad=0.02)
+        cb.set_label("pigment abundance (fraction)")
+        ax.set_xlabel("pigment")
+        if title:
+            ax.set_title(title)
+    return save(fig, path, dpi)

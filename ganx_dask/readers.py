@@ -1,0 +1,465 @@
+"""Readers for real (measured) MA-XRF cubes, so synthetic cubes can be compared with scans.
+
+Every reader returns an :class:`xarray.Dataset` with ``counts(y, x, energy)`` (dask-backed where
+the format allows lazy reading) and an ``energy`` coordinate of channel centres in keV
+(``units: "keV"``); ``attrs["source"]`` names the file and ``attrs["reader"]`` the reader.
+
+Energy calibration (all readers that take it): either ``energy=`` (an
+:class:`~ganx_dask.energy.EnergyAxis`, ``"START:STOP:N"`` or channel centres in keV) or
+``gain=`` (keV per channel) and ``offset=`` (keV at the centre of channel 0): channel ``i`` is
+centred at ``offset + gain·i`` keV.  Without them, calibration stored in the file is used
+(HDF5/npz attributes ``calibration_gain_keV_per_channel``/``calibration_offset_keV``, an
+``energy``/``energy_keV`` array, or an MCA ``<<CALIBRATION>>`` section); failing that, an
+:class:`~ganx_dask.errors.EnergyAxisError` names the file.
+
+Formats
+-------
+* HDF5 (``.h5``, ``.hdf5``, ``.nxs``): a 3-D dataset (default ``img``, the ganX/LABEC layout
+  ``(H, W, E)``; other axis orders with ``axes="eyx"`` etc.).
+* NumPy ``.npy`` (memory-mapped) and ``.npz`` (``key=``; default: the only 3-D array).
+* Any xarray-readable store: Zarr (a ganx-dask store opens through
+  :func:`ganx_dask.store.open_cube`, which warns when incomplete) and netCDF.
+* A folder of per-pixel Amptek ``.mca`` files.  File names: with ``layout="yx"`` (default) each
+  name ends with two integers ``<row><sep><col>.mca`` (e.g. ``scan_012_034.mca``,
+  ``r12c34.mca``); with ``layout="raster"`` the name ends with one integer, the raster index
+  (row-major), and ``shape=(rows, cols)`` is required.  Indices may start at 0 or 1 (the
+  minimum is subtracted).  Every pixel must be present and all files must have the same number
+  of channels.
+
+:func:`open_any` dispatches on the path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from .energy import EnergyAxis, as_energy_axis
+from .errors import EnergyAxisError, GanxError
+
+__all__ = [
+    "open_any",
+    "open_hdf5",
+    "open_numpy",
+    "open_xarray",
+    "open_mca_folder",
+    "read_mca",
+    "energy_coord",
+]
+
+_GAIN_KEYS = ("calibration_gain_keV_per_channel", "gain", "gain_keV", "energy_gain")
+_OFFSET_KEYS = ("calibration_offset_keV", "offset", "offset_keV", "energy_offset")
+_ENERGY_KEYS = ("energy", "energy_keV", "energies")
+
+
+def energy_coord(n: int, *, energy=None, gain: float | None = None, offset: float | None = None,
+                 where: str = "cube") -> xr.DataArray:
+    """The ``energy`` coordinate (channel centres, keV) for ``n`` channels.
+
+    Parameters
+    ----------
+    n : int
+        Number of channels.
+    energy : EnergyAxis, str or array-like, optional
+        Explicit axis (takes precedence).
+    gain, offset : float, optional
+        keV per channel and keV at the centre of channel 0.
+    where : str
+        Name used in error messages (the file).
+
+    Raises
+    ------
+    EnergyAxisError
+        No calibration, wrong length, or non-positive gain.
+    """
+    if energy is not None:
+        ax = as_energy_axis(energy)
+        if isinstance(ax, EnergyAxis):
+            if ax.n != n:
+                raise EnergyAxisError(f"{where}: energy axis {ax} has {ax.n} channels, "
+                                      f"the data have {n}")
+            return ax.to_coord()
+        centres = 0.5 * (ax[1:] + ax[:-1])
+        if centres.size != n:
+            raise EnergyAxisError(f"{where}: energy axis has {centres.size} channels, "
+                                  f"the data have {n}")
+        return xr.DataArray(centres, dims="energy", attrs={"units": "keV"})
+    if gain is None or offset is None:
+        raise EnergyAxisError(
+            f"{where}: no energy calibration; give gain (keV/channel) and offset (keV at "
+            "channel 0), or an energy axis (e.g. energy='0.5:38.5:1024')"
+        )
+    gain, offset = float(gain), float(offset)
+    if not (np.isfinite(gain) and gain > 0 and np.isfinite(offset)):
+        raise EnergyAxisError(f"{where}: energy gain must be > 0 keV/channel and offset finite, "
+                              f"got gain={gain}, offset={offset}")
+    start = offset - gain / 2
+    if start >= 0:
+        return EnergyAxis(start, start + gain * n, n).to_coord()
+    centres = offset + gain * np.arange(n)
+    return xr.DataArray(centres, dims="energy",
+                        attrs={"units": "keV", "calibration_offset_keV": offset,
+                               "calibration_gain_keV_per_channel": gain})
+
+
+def _calibration_from_attrs(attrs) -> tuple[float | None, float | None]:
+    gain = next((float(attrs[k]) for k in _GAIN_KEYS if k in attrs), None)
+    offset = next((float(attrs[k]) for k in _OFFSET_KEYS if k in attrs), None)
+    return gain, offset
+
+
+def _reorder(arr, axes: str, where: str):
+    axes = axes.lower()
+    if sorted(axes) != ["e", "x", "y"]:
+        raise GanxError(f"{where}: axes must be a permutation of 'yxe', got {axes!r}")
+    if arr.ndim != 3:
+        raise GanxError(f"{where}: expected a 3-D cube, got shape {tuple(arr.shape)}")
+    return arr.transpose([axes.index(c) for c in "yxe"])
+
+
+def _dataset(arr, coord: xr.DataArray, source: str, reader: str, **attrs) -> xr.Dataset:
+    h, w, _ = arr.shape
+    ds = xr.Dataset(
+        {"counts": (("y", "x", "energy"), arr, {"units": "counts", "long_name": "photon counts"})},
+        coords={
+            "y": ("y", np.arange(h), {"units": "pixel"}),
+            "x": ("x", np.arange(w), {"units": "pixel"}),
+            "energy": coord,
+        },
+        attrs={"source": source, "reader": reader, **attrs},
+    )
+    if np.any(np.asarray(coord.values) <= 0):
+        warnings.warn(f"{source}: energy axis has channels at or below 0 keV", stacklevel=3)
+    return ds
+
+
+def open_hdf5(path, dataset: str = "img", *, axes: str = "yxe", energy=None,
+              gain: float | None = None, offset: float | None = None,
+              chunks=(64, 64, -1)) -> xr.Dataset:
+    """Open a cube stored in HDF5 lazily (h5py + dask; use a local scheduler).
+
+    Parameters
+    ----------
+    path : path-like
+        HDF5 file.
+    dataset : str
+        Path of the 3-D dataset inside the file (ganX/LABEC: ``"img"``).
+    axes : str
+        Axis order of the stored array (``"yxe"``: (H, W, E)).
+    energy, gain, offset
+        Energy calibration (see the module docstring); else read from the dataset's or file's
+        attributes, or a sibling ``energy``/``energy_keV`` dataset.
+    chunks : tuple
+        Dask chunks in the stored order's ``(y, x, energy)`` sense.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise GanxError(f"{path}: no such file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise GanxError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        f.close()
+        raise GanxError(f"{path}: no dataset {dataset!r} (datasets: {', '.join(names) or 'none'})")
+    dset = f[dataset]
+    if dset.ndim != 3:
+        f.close()
+        raise GanxError(f"{path}:{dataset}: expected a 3-D cube, got shape {dset.shape}")
+    where = f"{path}:{dataset}"
+    if energy is None and (gain is None or offset is None):
+        g, o = _calibration_from_attrs(dset.attrs)
+        if g is None or o is None:
+            g, o = _calibration_from_attrs(f.attrs)
+        gain = gain if gain is not None else g
+        offset = offset if offset is not None else o
+        if gain is None or offset is None:
+            for k in _ENERGY_KEYS:
+                if k in dset.attrs:
+                    energy = np.asarray(dset.attrs[k], dtype=float)
+                    break
+                if k in f and isinstance(f[k], h5py.Dataset) and f[k].ndim == 1:
+                    energy = f[k][()]
+                    break
+    stored_chunks = tuple(chunks["yxe".index(c)] for c in axes.lower()) \
+        if sorted(axes.lower()) == ["e", "x", "y"] else chunks
+    arr = da.from_array(dset, chunks=stored_chunks, lock=True)
+    arr = _reorder(arr, axes, where)
+    coord = energy_coord(arr.shape[2], energy=energy, gain=gain, offset=offset, where=where)
+    return _dataset(arr, coord, str(path), "hdf5", dataset=dataset)
+
+
+def open_numpy(path, *, key: str | None = None, axes: str = "yxe", energy=None,
+               gain: float | None = None, offset: float | None = None,
+               chunks=(64, 64, -1)) -> xr.Dataset:
+    """Open a ``.npy`` (memory-mapped) or ``.npz`` cube.
+
+    For ``.npz`` the cube is ``key`` (default: the only 3-D array); an ``energy``/``energy_keV``
+    array or ``gain``/``offset`` scalars in the archive calibrate it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GanxError(f"{path}: no such file")
+    where = str(path)
+    try:
+        if path.suffix.lower() == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if key is None:
+                    cubes = [k for k in z.files if z[k].ndim == 3]
+                    if len(cubes) != 1:
+                        raise GanxError(f"{path}: give key= (3-D arrays: {cubes or 'none'})")
+                    key = cubes[0]
+                if key not in z.files:
+                    raise GanxError(f"{path}: no array {key!r} (arrays: {', '.join(z.files)})")
+                data = z[key]
+                where = f"{path}:{key}"
+                if energy is None and (gain is None or offset is None):
+                    g, o = _calibration_from_attrs({k: z[k] for k in z.files if z[k].ndim == 0})
+                    gain = gain if gain is not None else g
+                    offset = offset if offset is not None else o
+                    if gain is None or offset is None:
+                        energy = next((z[k] for k in _ENERGY_KEYS if k in z.files), None)
+        else:
+            data = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise GanxError(f"{path}: not a readable NumPy file ({exc})") from None
+    arr = _reorder(da.from_array(data, chunks=chunks if axes == "yxe" else "auto"), axes, where)
+    coord = energy_coord(arr.shape[2], energy=energy, gain=gain, offset=offset, where=where)
+    return _dataset(arr, coord, str(path), "numpy")
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr" or (path.is_dir() and (
+        (path / "zarr.json").exists() or (path / ".zgroup").exists()))
+
+
+def open_xarray(path, *, variable: str = "counts", energy=None, gain: float | None = None,
+                offset: float | None = None) -> xr.Dataset:
+    """Open a Zarr or netCDF store lazily; ganx-dask stores go through
+    :func:`ganx_dask.store.open_cube` (warns with ``IncompleteStoreWarning`` when incomplete).
+
+    The counts variable (``variable``) must have dims ``y``, ``x`` and ``energy`` (in any order);
+    a missing ``energy`` coordinate is built from ``energy``/``gain``/``offset``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise GanxError(f"{path}: no such file or store")
+    try:
+        if _is_zarr(path):
+            try:
+                from .store import open_cube
+            except ImportError:  # pragma: no cover - store module not built yet
+                ds = xr.open_zarr(path)
+            else:
+                ds = open_cube(path)
+        else:
+            ds = xr.open_dataset(path, chunks={})
+    except GanxError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise GanxError(f"{path}: cannot open with xarray ({exc})") from None
+    if variable not in ds:
+        raise GanxError(f"{path}: no variable {variable!r} (variables: {', '.join(map(str, ds.data_vars))})")
+    if variable != "counts":
+        ds = ds.rename({variable: "counts"})
+    missing = {"y", "x", "energy"} - set(ds["counts"].dims)
+    if missing:
+        raise GanxError(f"{path}: variable {variable!r} needs dims y, x, energy; has {ds['counts'].dims}")
+    if "energy" not in ds.coords:
+        ds = ds.assign_coords(energy=energy_coord(ds.sizes["energy"], energy=energy, gain=gain,
+                                                  offset=offset, where=str(path)))
+    ds.attrs.setdefault("source", str(path))
+    ds.attrs.setdefault("reader", "xarray")
+    return ds
+
+
+# --------------------------------------------------------------------------- Amptek MCA
+def read_mca(path) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
+    """Read one Amptek ``.mca`` text spectrum.
+
+    Returns
+    -------
+    counts : numpy.ndarray
+        Counts per channel (int64).
+    calibration : (gain keV/channel, offset keV) or None
+        Linear fit of the ``<<CALIBRATION>>`` points (channel, energy), keV; None when absent.
+    meta : dict
+        ``<<PMCA SPECTRUM>>`` header entries (``"LIVE_TIME"`` etc., strings).
+
+    Raises
+    ------
+    GanxError
+        No ``<<DATA>>`` section or a non-numeric data line (the message names file and line).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="latin-1")
+    except OSError as exc:
+        raise GanxError(f"{path}: cannot read ({exc})") from None
+    section, meta, cal, data = None, {}, [], []
+    cal_scale = 1.0
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"<<(.+?)>>", line)
+        if m:
+            section = m.group(1).strip().upper()
+            if section == "END":
+                break
+            continue
+        if section == "PMCA SPECTRUM" and " - " in line:
+            k, v = line.split(" - ", 1)
+            meta[k.strip().upper()] = v.strip()
+        elif section == "CALIBRATION":
+            if line.upper().startswith("LABEL"):
+                unit = line.split("-", 1)[-1].strip().lower()
+                cal_scale = 1e-3 if unit == "ev" else 1.0
+                continue
+            parts = line.split()
+            try:
+                cal.append((float(parts[0]), float(parts[1]) * cal_scale))
+            except (ValueError, IndexError):
+                raise GanxError(f"{path}:{lineno}: bad calibration line {line!r}") from None
+        elif section == "DATA":
+            try:
+                data.append(int(float(line)))
+            except ValueError:
+                raise GanxError(f"{path}:{lineno}: non-numeric data line {line!r}") from None
+    if not data:
+        raise GanxError(f"{path}: no <<DATA>> section (not an Amptek .mca file?)")
+    calibration = None
+    if len(cal) >= 2:
+        ch, en = np.array(cal).T
+        gain, offset = np.polyfit(ch, en, 1)
+        calibration = (float(gain), float(offset))
+    elif len(cal) == 1:
+        warnings.warn(f"{path}: a single calibration point cannot define gain and offset",
+                      stacklevel=2)
+    return np.asarray(data, dtype=np.int64), calibration, meta
+
+
+def _mca_index(files: list[Path], layout: str, shape, where: str) -> tuple[np.ndarray, tuple]:
+    if layout == "yx":
+        pat = re.compile(r"(\d+)\D+(\d+)\.mca$", re.IGNORECASE)
+        idx = []
+        for f in files:
+            m = pat.search(f.name)
+            if not m:
+                raise GanxError(f"{where}: file {f.name!r} does not end with <row>_<col>.mca "
+                                "(use layout='raster' with shape=(rows, cols) for numbered files)")
+            idx.append((int(m.group(1)), int(m.group(2))))
+        idx = np.array(idx)
+        idx -= idx.min(axis=0)
+        dims = tuple(int(v) for v in idx.max(axis=0) + 1)
+        if shape is not None and tuple(shape) != dims:
+            raise GanxError(f"{where}: file names give {dims[0]}×{dims[1]} pixels, shape={shape}")
+        return idx, dims
+    if layout == "raster":
+        if shape is None:
+            raise GanxError(f"{where}: layout='raster' needs shape=(rows, cols)")
+        rows, cols = (int(v) for v in shape)
+        pat = re.compile(r"(\d+)\.mca$", re.IGNORECASE)
+        k = []
+        for f in files:
+            m = pat.search(f.name)
+            if not m:
+                raise GanxError(f"{where}: file {f.name!r} does not end with <index>.mca")
+            k.append(int(m.group(1)))
+        k = np.array(k) - min(k)
+        if k.max() >= rows * cols:
+            raise GanxError(f"{where}: index {k.max()} exceeds {rows}×{cols} pixels")
+        return np.stack([k // cols, k % cols], axis=1), (rows, cols)
+    raise GanxError(f"{where}: layout must be 'yx' or 'raster', got {layout!r}")
+
+
+def open_mca_folder(path, *, layout: str = "yx", shape: tuple[int, int] | None = None,
+                    energy=None, gain: float | None = None, offset: float | None = None
+                    ) -> xr.Dataset:
+    """Assemble a folder of per-pixel Amptek ``.mca`` files into a cube (read eagerly).
+
+    See the module docstring for the file naming.  The energy calibration is taken from the
+    first file's ``<<CALIBRATION>>`` section unless given.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_dir():
+        raise GanxError(f"{path}: not a folder of .mca files")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".mca")
+    if not files:
+        raise GanxError(f"{path}: no .mca files")
+    idx, (rows, cols) = _mca_index(files, layout, shape, where)
+    first, cal, _ = read_mca(files[0])
+    n = first.size
+    cube = np.zeros((rows, cols, n), dtype=np.uint32)
+    seen = np.zeros((rows, cols), dtype=bool)
+    for f, (r, c) in zip(files, idx, strict=True):
+        counts, _, _ = read_mca(f)
+        if counts.size != n:
+            raise GanxError(f"{f}: {counts.size} channels, {files[0].name} has {n}")
+        if seen[r, c]:
+            raise GanxError(f"{f}: pixel ({r}, {c}) appears twice")
+        if np.any(counts < 0):
+            raise GanxError(f"{f}: negative counts")
+        cube[r, c] = counts
+        seen[r, c] = True
+    if not seen.all():
+        miss = np.argwhere(~seen)
+        raise GanxError(f"{path}: {len(miss)} of {rows * cols} pixels have no .mca file "
+                        f"(first missing: row {miss[0][0]}, col {miss[0][1]})")
+    if energy is None and (gain is None or offset is None) and cal is not None:
+        gain = gain if gain is not None else cal[0]
+        offset = offset if offset is not None else cal[1]
+    coord = energy_coord(n, energy=energy, gain=gain, offset=offset, where=where)
+    arr = da.from_array(cube, chunks=(64, 64, -1))
+    return _dataset(arr, coord, where, "amptek-mca", layout=layout)
+
+
+def open_any(path, **kw) -> xr.Dataset:
+    """Open a synthetic or measured cube by its path.
+
+    * a directory that is a Zarr store, or ``*.zarr`` → :func:`open_xarray`
+    * a directory of ``.mca`` files → :func:`open_mca_folder`
+    * ``.h5``/``.hdf5``/``.hdf``/``.nxs`` → :func:`open_hdf5`
+    * ``.npy``/``.npz`` → :func:`open_numpy`
+    * ``.nc``/``.nc4``/``.cdf`` → :func:`open_xarray`
+
+    Keyword arguments are passed to the reader (``energy``, ``gain``, ``offset``, ``dataset``,
+    ``key``, ``axes``, ``layout``, ``shape``, ``variable``); ``None`` values are ignored.
+    """
+    kw = {k: v for k, v in kw.items() if v is not None}
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise GanxError(f"{path}: no such file or store")
+    suffix = path.suffix.lower()
+
+    def pick(*names):
+        extra = sorted(set(kw) - set(names))
+        if extra:
+            raise GanxError(f"{path}: option(s) {', '.join(extra)} do not apply to this format")
+        return kw
+
+    if _is_zarr(path):
+        return open_xarray(path, **pick("variable", "energy", "gain", "offset"))
+    if path.is_dir():
+        if any(p.suffix.lower() == ".mca" for p in path.iterdir()):
+            return open_mca_folder(path, **pick("layout", "shape", "energy", "gain", "offset"))
+        raise GanxError(f"{path}: folder is neither a Zarr store nor a folder of .mca files")
+    if suffix in (".h5", ".hdf5", ".hdf", ".nxs"):
+        return open_hdf5(path, **pick("dataset", "axes", "energy", "gain", "offset", "chunks"))
+    if suffix in (".npy", ".npz"):
+        return open_numpy(path, **pick("key", "axes", "energy", "gain", "offset", "chunks"))
+    if suffix in (".nc", ".nc4", ".cdf", ".netcdf"):
+        return open_xarray(path, **pick("variable", "energy", "gain", "offset"))
+    raise GanxError(f"{path}: unknown cube format {suffix or '(no extension)'}; expected a Zarr "
+                    "store, .h5/.hdf5, .npy/.npz, .nc or a folder of .mca files")

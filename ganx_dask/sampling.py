@@ -1,0 +1,571 @@
+"""Monte Carlo photon sampling: alias tables, count models and the per-tile seeded cube.
+
+Every pixel ``p`` with cluster label ``k = labels[p]`` receives photons whose energies are drawn
+from the cluster's spectrum ``d_k`` (a probability distribution over the ``E`` energy channels).
+Three count models set how many photons a pixel receives:
+
+``"fixed"``
+    Exactly ``N`` photons per pixel, i.e. ``counts[p] ~ Multinomial(N, d_k)`` (the ganX paper).
+``"poisson"``
+    Each channel independently ``Poisson(N·d_k[e])``.  Implemented by *Poisson splitting*: the
+    pixel total ``T ~ Poisson(N)`` is drawn first, then ``T`` photons are drawn from ``d_k``.
+    Given ``T`` the channel counts are ``Multinomial(T, d_k)``, and a Poisson-mixed multinomial
+    is exactly a vector of independent Poissons with means ``N·d_k[e]`` — the same distribution as
+    one Poisson per channel, but drawn with one uniform per photon instead of one Poisson variate
+    per voxel (E/N ≈ 2.5× more variates and each far dearer).
+``"luminosity"``
+    Like ``"poisson"`` with per-pixel mean ``N·scale[p]`` (e.g. the pixel's brightness in [0, 1]
+    or a user-supplied exposure map).
+
+Photons are drawn with Walker's alias method (Vose's construction, :func:`alias_tables`): one
+float64 uniform ``u`` per photon gives the column ``j = floor(u·E)`` and the coin
+``f = u·E − j``; the outcome is ``j`` if ``f < prob[k, j]`` else ``alias[k, j]``.  Cost is O(1) per
+photon and independent of ``E``.  The work is done tile by tile in sub-batches of a few hundred
+pixels whose temporaries live in per-thread scratch buffers that stay in cache (method 6b of
+``docs/performance.md``); an optional numba kernel (extra ``[fast]``) fuses the gather and the
+count and consumes exactly the same uniforms, so both engines give bit-identical cubes.
+
+Determinism
+-----------
+Each ``tile × tile`` square of the *fixed global grid* (default 64 px) draws from its own
+generator ``Generator(PCG64(SeedSequence(seed, spawn_key=(0, ty, tx))))`` where ``(ty, tx)`` is
+the tile's global index.  Within a tile the stream is consumed in a fixed order:
+
+1. ``poisson``/``luminosity`` only: one ``rng.poisson(mean)`` per valid pixel (label ≥ 0), in
+   row-major order, as a single vectorised call;
+2. one ``rng.random()`` per photon, pixels in row-major order, photons of a pixel consecutive.
+
+Pixels labelled −1 consume nothing and get zero counts.  The result therefore depends only on
+the seed, the labels, the spectra and the parameters — not on dask chunking (any multiple of the
+tile), scheduler, worker count, retries or engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+from collections.abc import Sequence
+from typing import Literal
+
+import dask.array as da
+import numpy as np
+
+from .errors import GanxError
+
+__all__ = [
+    "COUNT_MODELS",
+    "DEFAULT_TILE",
+    "alias_tables",
+    "counts_dtype",
+    "tile_rng",
+    "sample_tile",
+    "sample_block",
+    "sample_cube",
+    "has_numba",
+]
+
+#: Names of the count models.
+COUNT_MODELS = ("fixed", "poisson", "luminosity")
+#: Default edge of the global seeding tile grid, pixels.
+DEFAULT_TILE = 64
+#: Spawn-key namespace of the Monte Carlo (see the determinism rule in docs/architecture.md).
+_MC_KEY = 0
+#: Photons per sub-batch of the numpy kernel: its temporaries (~33 B/photon) stay in L2/L3
+#: (measured: 2^14–2^15 best, 2^18 is 25 % slower).
+_BATCH_PHOTONS = 1 << 15
+#: Photons per sub-batch of the numba kernel (only the uniforms are buffered).
+_BATCH_PHOTONS_NUMBA = 1 << 17
+
+CountModel = Literal["fixed", "poisson", "luminosity"]
+Engine = Literal["auto", "numpy", "numba"]
+
+
+def has_numba() -> bool:
+    """Return True when the optional numba engine can be used (``pip install ganx-dask[fast]``)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+# --------------------------------------------------------------------------------------------
+# alias tables
+# --------------------------------------------------------------------------------------------
+def _check_spectra(spectra: np.ndarray) -> np.ndarray:
+    d = np.asarray(spectra, dtype=np.float64)
+    if d.ndim == 1:
+        d = d[None, :]
+    if d.ndim != 2 or d.shape[1] < 1 or d.shape[0] < 1:
+        raise GanxError(f"spectra must be a 2-D array (cluster, energy), got shape {d.shape}")
+    if not np.all(np.isfinite(d)):
+        raise GanxError("spectra contain NaN or infinite values")
+    if np.any(d < 0):
+        raise GanxError("spectra contain negative probabilities")
+    s = d.sum(axis=1)
+    if np.any(s <= 0):
+        bad = np.flatnonzero(s <= 0).tolist()
+        raise GanxError(f"spectra rows {bad} are all zero: a spectrum needs at least one count")
+    return d / s[:, None]
+
+
+def alias_tables(spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Build Walker alias tables for each spectrum (Vose's stable construction).
+
+    Parameters
+    ----------
+    spectra : ndarray, shape (K, E), float
+        One probability distribution over the ``E`` energy channels per cluster (rows are
+        normalised to sum to 1; negative, non-finite or all-zero rows raise ``GanxError``).
+
+    Returns
+    -------
+    prob : ndarray, shape (K, E), float64
+        Acceptance threshold of each column, in [0, 1].
+    alias : ndarray, shape (K, E), int32
+        Channel returned when the coin exceeds ``prob``.  ``alias[k, j] == j`` where
+        ``prob[k, j] == 1``.
+
+    Notes
+    -----
+    Column ``j`` is chosen with probability ``1/E``; it yields ``j`` with probability
+    ``prob[k, j]`` and ``alias[k, j]`` otherwise, so channel ``e`` is drawn with probability
+    ``(prob[k, e] + Σ_{j: alias[k,j]=e} (1 − prob[k, j])) / E = d[k, e]`` exactly up to float64
+    rounding (residuals are subtracted as ``(q_l + q_s) − 1`` as Vose recommends).  Channels with
+    ``d = 0`` get ``prob = 0`` and an alias with ``d > 0``, so they can never be drawn.
+    """
+    d = _check_spectra(spectra)
+    K, E = d.shape
+    prob = np.ones((K, E), dtype=np.float64)
+    alias = np.tile(np.arange(E, dtype=np.int32), (K, 1))
+    for k in range(K):
+        q = (d[k] * E).tolist()
+        small = [i for i in range(E) if q[i] < 1.0]
+        large = [i for i in range(E) if q[i] >= 1.0]
+        pk = prob[k]
+        ak = alias[k]
+        while small and large:
+            s = small.pop()
+            l_ = large[-1]
+            pk[s] = q[s]
+            ak[s] = l_
+            q[l_] = (q[l_] + q[s]) - 1.0
+            if q[l_] < 1.0:
+                large.pop()
+                small.append(l_)
+        # leftovers hold q == 1 up to rounding: keep prob = 1, alias = self
+        zero = d[k] == 0.0
+        if np.any(zero & (pk > 0.0)):  # pragma: no cover - cannot happen with finite rounding
+            raise RuntimeError("alias construction left mass on a zero-probability channel")
+    return prob, alias
+
+
+def _padded_tables(prob: np.ndarray, alias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel form of the tables: rows of stride ``E + 1`` and absolute alias indices.
+
+    For ``u ≤ 1 − 2⁻⁵³`` (numpy's largest uniform) ``fl(u·E) < E`` in round-to-nearest for any
+    ``E < 2⁵³``, so ``j = E`` cannot occur; the extra column ``E`` (prob 0, alias a channel with
+    positive probability) is a free guard that keeps every index inside the table without a
+    clamping pass, whatever the rounding mode.  ``alias_abs[k, j] = k·(E+1) + alias[k, j]``.
+    """
+    K, E = prob.shape
+    W = E + 1
+    p = np.zeros((K, W), dtype=np.float64)
+    p[:, :E] = prob
+    a = np.empty((K, W), dtype=np.intp)
+    a[:, :E] = alias
+    a[:, E] = alias[:, E - 1]  # positive-mass channel: E-1 itself when prob == 1, else its alias
+    a += (np.arange(K, dtype=np.intp) * W)[:, None]
+    return p, a
+
+
+# --------------------------------------------------------------------------------------------
+# count models
+# --------------------------------------------------------------------------------------------
+def _max_mean(count_model: str, counts: float, scale_max: float) -> float:
+    return float(counts) * (float(scale_max) if count_model == "luminosity" else 1.0)
+
+
+def _check_model(count_model: str, counts: float) -> None:
+    if count_model not in COUNT_MODELS:
+        raise GanxError(f"count_model must be one of {COUNT_MODELS}, got {count_model!r}")
+    if not (np.isfinite(counts) and counts > 0):
+        raise GanxError(f"counts (photons per pixel) must be a positive number, got {counts!r}")
+    if count_model == "fixed" and float(counts) != int(counts):
+        raise GanxError(f"count_model 'fixed' needs an integer number of counts, got {counts!r}")
+
+
+def counts_dtype(count_model: str, counts: float, *, scale_max: float = 1.0) -> np.dtype:
+    """Smallest unsigned dtype that holds every count of the model without overflow.
+
+    Parameters
+    ----------
+    count_model : {"fixed", "poisson", "luminosity"}
+    counts : float
+        ``N``: photons per pixel (fixed) or mean photons per pixel (poisson/luminosity), counts.
+    scale_max : float
+        Largest per-pixel scale of the ``luminosity`` model (1 for brightness in [0, 1]).
+
+    Returns
+    -------
+    numpy.dtype
+        ``uint16`` when no channel can exceed 65 535 counts — for the random models when the
+        pixel total stays below it with a 12-σ margin (probability < 1e-30 per pixel) — else
+        ``uint32``.  The kernels still check the drawn totals and raise ``OverflowError`` rather
+        than wrap if a count ever does not fit.
+    """
+    _check_model(count_model, counts)
+    lam = _max_mean(count_model, counts, scale_max)
+    bound = lam if count_model == "fixed" else lam + 12.0 * math.sqrt(lam) + 12.0
+    if bound <= np.iinfo(np.uint16).max:
+        return np.dtype(np.uint16)
+    if bound <= np.iinfo(np.uint32).max:
+        return np.dtype(np.uint32)
+    raise GanxError(f"counts={counts!r} per pixel cannot be stored even in uint32")
+
+
+def tile_rng(seed: int, ty: int, tx: int) -> np.random.Generator:
+    """Generator of tile ``(ty, tx)`` of the global grid: ``PCG64(SeedSequence(seed, (0, ty, tx)))``."""
+    return np.random.Generator(
+        np.random.PCG64(np.random.SeedSequence(int(seed), spawn_key=(_MC_KEY, int(ty), int(tx))))
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# per-thread scratch buffers
+# --------------------------------------------------------------------------------------------
+_scratch = threading.local()
+
+
+def _buffer(name: str, size: int, dtype) -> np.ndarray:
+    """A reusable 1-D buffer of at least ``size`` elements, private to the calling thread."""
+    bufs = getattr(_scratch, "bufs", None)
+    if bufs is None:
+        bufs = _scratch.bufs = {}
+    b = bufs.get(name)
+    if b is None or b.size < size or b.dtype != dtype:
+        b = np.empty(max(size, 1), dtype=dtype)
+        bufs[name] = b
+    return b[:size]
+
+
+# --------------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------------
+def _alias_count_numpy(
+    u: np.ndarray, rows_k: np.ndarray, rows_pix: np.ndarray, nphot: np.ndarray | int,
+    ptab: np.ndarray, atab: np.ndarray, E: int, npix: int,
+) -> np.ndarray:
+    """Counts (npix·E,) int64 of the photons whose uniforms are ``u`` (method 6b).
+
+    ``rows_k``/``rows_pix``: label and in-batch pixel index of each photon-emitting pixel;
+    ``nphot``: photons of each such pixel (an int for the fixed model, else an array).
+    ``u`` is overwritten (it becomes the coin).
+    """
+    W = E + 1
+    m = u.size
+    idx = _buffer("idx", m, np.intp)
+    pg = _buffer("pg", m, np.float64)
+    al = _buffer("al", m, np.intp)
+    mask = _buffer("mask", m, np.bool_)
+    np.multiply(u, E, out=u)
+    idx[...] = u  # truncation == floor (u >= 0)
+    np.subtract(u, idx, out=u)  # coin in [0, 1)
+    koff = rows_k.astype(np.intp) * W
+    poff = rows_pix.astype(np.intp) * E - koff
+    if np.isscalar(nphot):
+        n = int(nphot)
+        idx2 = idx.reshape(-1, n)
+        idx2 += koff[:, None]
+    else:
+        idx += np.repeat(koff, nphot)
+    np.take(ptab.ravel(), idx, out=pg)
+    np.greater_equal(u, pg, out=mask)
+    np.take(atab.ravel(), idx, out=al)
+    np.copyto(idx, al, where=mask)
+    if np.isscalar(nphot):
+        idx2 += poff[:, None]
+    else:
+        idx += np.repeat(poff, nphot)
+    return np.bincount(idx, minlength=npix * E)
+
+
+def _resolve_engine(engine: str) -> str:
+    if engine not in ("auto", "numpy", "numba"):
+        raise GanxError(f"engine must be 'auto', 'numpy' or 'numba', got {engine!r}")
+    if engine == "auto":
+        return "numba" if has_numba() else "numpy"
+    if engine == "numba" and not has_numba():
+        raise GanxError("engine='numba' needs numba: pip install 'ganx-dask[fast]'")
+    return engine
+
+
+def _pixel_totals(
+    count_model: str, counts: float, labels: np.ndarray, scale: np.ndarray | None,
+    rng: np.random.Generator, dtype: np.dtype,
+) -> np.ndarray | None:
+    """Photons per pixel (int64, 0 for label −1) for the random models; None for ``fixed``."""
+    if count_model == "fixed":
+        return None
+    valid = labels >= 0
+    tot = np.zeros(labels.shape, dtype=np.int64)
+    if count_model == "poisson":
+        lam = float(counts)
+        tot[valid] = rng.poisson(lam, size=int(valid.sum()))
+    else:
+        if scale is None:
+            raise GanxError("count_model 'luminosity' needs a scale map")
+        s = np.asarray(scale, dtype=np.float64)[valid]
+        if not np.all(np.isfinite(s)) or np.any(s < 0):
+            raise GanxError("luminosity scale must be finite and non-negative")
+        tot[valid] = rng.poisson(float(counts) * s)
+    if tot.size and tot.max() > np.iinfo(dtype).max:
+        raise OverflowError(
+            f"a pixel drew {int(tot.max())} photons, more than {np.dtype(dtype).name} holds; "
+            "use dtype=uint32"
+        )
+    return tot
+
+
+def sample_tile(
+    labels: np.ndarray,
+    prob: np.ndarray,
+    alias: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    counts: float,
+    count_model: CountModel = "fixed",
+    scale: np.ndarray | None = None,
+    dtype=None,
+    out: np.ndarray | None = None,
+    engine: Engine = "auto",
+    _tables: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Draw the counts of one tile from its generator.
+
+    Parameters
+    ----------
+    labels : ndarray (h, w) int
+        Cluster index of each pixel (−1: no counts).
+    prob, alias : ndarray (K, E)
+        Tables from :func:`alias_tables`.
+    rng : numpy.random.Generator
+        The tile's generator (see :func:`tile_rng`); consumed in the documented order.
+    counts : float
+        ``N``, photons per pixel (fixed) or mean photons per pixel, counts.
+    count_model : {"fixed", "poisson", "luminosity"}
+    scale : ndarray (h, w) or None
+        Per-pixel scale of the mean (``luminosity`` only), dimensionless.
+    dtype : numpy dtype, optional
+        Output dtype (default :func:`counts_dtype`).
+    out : ndarray (h, w, E), optional
+        Where to write (may be a strided view of a block); fully overwritten.
+    engine : {"auto", "numpy", "numba"}
+        Bit-identical engines; ``auto`` uses numba when importable.
+
+    Returns
+    -------
+    ndarray (h, w, E)
+        Photon counts, counts.
+    """
+    labels = np.asarray(labels)
+    h, w = labels.shape
+    K, E = prob.shape
+    if dtype is None:
+        dtype = counts_dtype(count_model, counts, scale_max=1.0 if scale is None else
+                             float(np.max(scale, initial=1.0)))
+    dtype = np.dtype(dtype)
+    if out is None:
+        out = np.empty((h, w, E), dtype=dtype)
+    if labels.size and labels.max() >= K:
+        raise GanxError(f"label {int(labels.max())} has no spectrum (only {K} clusters)")
+    ptab, atab = _tables if _tables is not None else _padded_tables(prob, alias)
+    engine = _resolve_engine(engine)
+    tot = _pixel_totals(count_model, counts, labels, scale, rng, dtype)
+    if count_model == "fixed":
+        n_fixed = int(counts)
+        if n_fixed > np.iinfo(dtype).max:
+            raise OverflowError(f"{n_fixed} counts per pixel do not fit {dtype.name}")
+    if engine == "numba":
+        from . import _numba_kernels as nk
+
+        lab2 = np.ascontiguousarray(labels, dtype=np.int64)
+        if tot is None:
+            tot = np.where(lab2 >= 0, n_fixed, 0).astype(np.int64)
+        rows = max(1, _BATCH_PHOTONS_NUMBA // max(1, int(counts) * w))
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            m = int(tot[r0:r1].sum())
+            u = _buffer("u", m, np.float64)
+            rng.random(out=u)
+            view = out[r0:r1]
+            view[...] = 0
+            nk.alias_count(u, lab2[r0:r1], tot[r0:r1], ptab, atab, view)
+        return out
+    rows = max(1, _BATCH_PHOTONS // max(1, int(counts) * w))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        lab = labels[r0:r1].ravel()
+        npix = lab.size
+        if tot is None:
+            pix = np.flatnonzero(lab >= 0)
+            nphot: np.ndarray | int = n_fixed
+            m = pix.size * n_fixed
+        else:
+            t = tot[r0:r1].ravel()
+            pix = np.flatnonzero(t > 0)
+            nphot = t[pix]
+            m = int(nphot.sum())
+        if m == 0:
+            out[r0:r1] = 0
+            continue
+        u = _buffer("u", m, np.float64)
+        rng.random(out=u)
+        c = _alias_count_numpy(u, lab[pix], pix, nphot, ptab, atab, E, npix)
+        out[r0:r1] = c.reshape(r1 - r0, w, E)
+    return out
+
+
+def _chunk_bounds_ok(chunks: Sequence[int], tile: int) -> bool:
+    edges = np.cumsum(chunks)[:-1]
+    return bool(np.all(edges % tile == 0))
+
+
+def sample_block(
+    labels: np.ndarray,
+    prob: np.ndarray,
+    alias: np.ndarray,
+    *,
+    seed: int,
+    counts: float,
+    count_model: CountModel = "fixed",
+    scale: np.ndarray | None = None,
+    offset: tuple[int, int] = (0, 0),
+    tile: int = DEFAULT_TILE,
+    dtype=None,
+    engine: Engine = "auto",
+) -> np.ndarray:
+    """Counts of a block of the image whose top-left pixel is at global ``offset``.
+
+    The block is cut along the fixed global tile grid and each tile drawn from
+    :func:`tile_rng`; ``offset`` must be a multiple of ``tile``.  Parameters as in
+    :func:`sample_tile`; returns an ``(h, w, E)`` array of counts.
+    """
+    labels = np.asarray(labels)
+    y0, x0 = (int(o) for o in offset)
+    if y0 % tile or x0 % tile:
+        raise GanxError(f"block offset {offset} is not on the {tile}-pixel tile grid")
+    h, w = labels.shape
+    E = prob.shape[1]
+    if dtype is None:
+        smax = 1.0 if scale is None else float(np.max(scale, initial=1.0))
+        dtype = counts_dtype(count_model, counts, scale_max=smax)
+    out = np.empty((h, w, E), dtype=dtype)
+    tables = _padded_tables(prob, alias)
+    for r0 in range(0, h, tile):
+        r1 = min(h, r0 + tile)
+        for c0 in range(0, w, tile):
+            c1 = min(w, c0 + tile)
+            rng = tile_rng(seed, (y0 + r0) // tile, (x0 + c0) // tile)
+            sample_tile(
+                labels[r0:r1, c0:c1], prob, alias, rng, counts=counts, count_model=count_model,
+                scale=None if scale is None else scale[r0:r1, c0:c1], dtype=dtype,
+                out=out[r0:r1, c0:c1], engine=engine, _tables=tables,
+            )
+    return out
+
+
+def _cube_block(labels, scale=None, *, prob, alias, seed, counts, count_model, tile, out_dtype,
+                engine, block_info=None):
+    """``map_blocks`` adapter: global offset from ``block_info`` (module level, so it pickles)."""
+    loc = block_info[0]["array-location"]
+    return sample_block(
+        labels, prob, alias, seed=seed, counts=counts, count_model=count_model, scale=scale,
+        offset=(loc[0][0], loc[1][0]), tile=tile, dtype=out_dtype, engine=engine,
+    )
+
+
+def sample_cube(
+    labels: da.Array,
+    spectra: np.ndarray,
+    *,
+    seed: int,
+    counts: float,
+    count_model: CountModel = "fixed",
+    scale: da.Array | None = None,
+    tile: int = DEFAULT_TILE,
+    dtype=None,
+    engine: Engine = "auto",
+) -> da.Array:
+    """Lazy photon-count cube ``(y, x, energy)`` of a labelled image.
+
+    Parameters
+    ----------
+    labels : dask.array (y, x) int
+        Cluster index per pixel, −1 for no counts.  Chunk boundaries must lie on the tile grid
+        (multiples of ``tile``; the last chunk of each axis may be shorter).
+    spectra : ndarray (K, E) float64
+        Photon-energy distribution of each cluster (rows sum to 1).
+    seed : int
+        Master seed (≥ 0); tile ``(ty, tx)`` uses ``SeedSequence(seed, spawn_key=(0, ty, tx))``.
+    counts : float
+        ``N``: photons per pixel (``fixed``, an integer) or mean photons per pixel, counts.
+    count_model : {"fixed", "poisson", "luminosity"}
+        See the module docstring (``poisson`` uses exact Poisson splitting).
+    scale : dask.array (y, x) float32, optional
+        Per-pixel scale of the mean for ``luminosity`` (required there; same chunks as labels).
+    tile : int
+        Edge of the global seeding tile, pixels.
+    dtype : numpy dtype, optional
+        ``uint16``/``uint32``; default :func:`counts_dtype` (uint32 when counts could overflow).
+    engine : {"auto", "numpy", "numba"}
+        Kernel; resolved on the worker, all engines give identical bits.
+
+    Returns
+    -------
+    dask.array (y, x, E)
+        Counts, chunks ``labels.chunks + ((E,),)``; nothing is computed here.
+    """
+    _check_model(count_model, counts)
+    if not isinstance(tile, int | np.integer) or tile < 1:
+        raise GanxError(f"tile must be a positive integer, got {tile!r}")
+    if int(seed) != seed or seed < 0:
+        raise GanxError(f"seed must be a non-negative integer, got {seed!r}")
+    _resolve_engine(engine) if engine != "auto" else None
+    if not isinstance(labels, da.Array):
+        labels = da.asarray(labels)
+    if labels.ndim != 2:
+        raise GanxError(f"labels must be 2-D (y, x), got shape {labels.shape}")
+    for ax, ch in zip(("y", "x"), labels.chunks, strict=True):
+        if not _chunk_bounds_ok(ch, tile):
+            raise GanxError(
+                f"chunks along {ax} {ch} are not multiples of the {tile}-pixel tile"
+            )
+    prob, alias = alias_tables(spectra)
+    E = prob.shape[1]
+    if count_model == "luminosity":
+        if scale is None:
+            raise GanxError("count_model 'luminosity' needs a scale map (y, x)")
+        if not isinstance(scale, da.Array):
+            scale = da.asarray(scale)
+        if scale.shape != labels.shape:
+            raise GanxError(f"scale shape {scale.shape} differs from labels {labels.shape}")
+        scale = scale.rechunk(labels.chunks)
+    else:
+        scale = None
+    if dtype is None:
+        dtype = counts_dtype(count_model, counts)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.uint64)):
+        raise GanxError(f"counts dtype must be an unsigned integer type, got {dtype}")
+    if count_model == "fixed" and counts > np.iinfo(dtype).max:
+        raise GanxError(f"{counts} counts per pixel overflow {dtype.name}; use uint32")
+    args = (labels,) if scale is None else (labels, scale)
+    from dask.base import tokenize
+
+    name = "ganx-counts-" + tokenize(
+        labels, scale, prob, alias, seed, counts, count_model, tile, dtype.str
+    )
+    return da.map_blocks(
+        _cube_block, *args, prob=prob, alias=alias, seed=int(seed), counts=counts,
+        count_model=count_model, tile=int(tile), out_dtype=dtype, engine=engine,
+        new_axis=2, chunks=labels.chunks + ((E,),),
+        meta=np.empty((0, 0, 0), dtype=dtype), name=name,
+    )

@@ -1,0 +1,445 @@
+"""Writing and reading MA-XRF cubes as Zarr v3 stores: template first, region by region, resumable.
+
+Layout of a store (or of ``group`` inside one)
+----------------------------------------------
+* every variable of the dataset, written by xarray (``zarr_format=3``): the big
+  ``counts(y, x, energy)`` with zarr chunks ``(cy, cx, E)`` equal to one *region*, compressed with
+  ``BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")`` (measured best speed × ratio,
+  ``docs/performance.md``); the small variables (``labels``, ``rgb``, ``abundance`` …) with
+  xarray's defaults;
+* ``region_complete(region_y, region_x)``, bool, chunks ``(1, 1)``: the per-region completion
+  record.  Region ``(ry, rx)`` covers ``y ∈ [ry·cy, (ry+1)·cy)``, ``x ∈ [rx·cx, (rx+1)·cx)``;
+  its entry is set to True by the task that wrote that region, *after* the chunk is written
+  (one tiny object per region, so concurrent tasks never write the same object);
+* group attributes: the dataset's attrs plus ``complete`` (False until the very last step),
+  ``template_complete``, ``regions_total``, ``region_size`` ([cy, cx] pixels), ``fingerprint``
+  (SHA-256 of everything that determines the bytes: attrs except ``created``, variable names,
+  dims, shapes and dtypes, region size and codec) and ``resumed`` (a list, one entry per resume:
+  time and regions computed).
+
+Write protocol
+--------------
+1. checks (existing store without ``overwrite``/``resume`` → :class:`StoreExistsError`;
+   unwritable location → :class:`GanxError`) — nothing is written before they pass;
+2. template: all small variables, the coordinates, the metadata of ``counts`` (no data), the
+   region record, attrs with ``complete: False``; then ``template_complete: True``;
+3. one task per region: compute the counts block, write its zarr chunk, set its record entry;
+4. ``complete: True`` last.
+
+A run killed at any point leaves a store that ``resume=True`` finishes: the template is redone if
+it was not complete, then only regions whose record is False are computed (per-tile seeding makes
+a recomputed region byte-identical, so a region whose chunk was written but not recorded is simply
+written again with the same bytes).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
+
+from .errors import GanxError, IncompleteStoreWarning, StoreExistsError
+
+__all__ = [
+    "DEFAULT_COMPRESSOR",
+    "RECORD",
+    "to_zarr",
+    "open_cube",
+    "is_complete",
+    "missing_regions",
+    "default_compressor",
+]
+
+log = logging.getLogger(__name__)
+
+#: Name of the per-region completion record array.
+RECORD = "region_complete"
+#: Name of the big variable written region by region.
+CUBE = "counts"
+#: Attributes that do not determine the stored bytes (excluded from the fingerprint).
+_VOLATILE = {"created", "complete", "template_complete", "regions_total", "region_size",
+             "fingerprint", "resumed"}
+
+
+def default_compressor() -> BloscCodec:
+    """``BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")``: ~14.7× at ~740 MB/s/core."""
+    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+
+
+DEFAULT_COMPRESSOR = default_compressor()
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _group_dir(path: Path, group: str | None) -> Path:
+    return path / group if group else path
+
+
+def _is_zarr_node(p: Path) -> bool:
+    return (p / "zarr.json").is_file() or (p / ".zgroup").is_file() or (p / ".zarray").is_file()
+
+
+def _check_writable(path: Path) -> None:
+    """Raise GanxError unless a file can be created at/below ``path`` (real probe, root-safe)."""
+    probe_dir = path
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise GanxError(f"cannot write store {str(path)!r}: {str(probe_dir)!r} is not a directory")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".ganx-write-probe-", dir=probe_dir)
+    except OSError as exc:
+        raise GanxError(
+            f"cannot write store {str(path)!r}: {str(probe_dir)!r} is not writable ({exc.strerror})"
+        ) from exc
+    os.close(fd)
+    os.unlink(name)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj
+
+
+def _canonical_attrs(attrs) -> dict:
+    """Attributes that determine the stored bytes (JSON form)."""
+    out = {k: v for k, v in _jsonable(dict(attrs)).items() if k not in _VOLATILE}
+    if isinstance(out.get("parameters"), dict):  # engines are bit-identical: not a parameter
+        out["parameters"] = {k: v for k, v in out["parameters"].items() if k != "engine"}
+    return out
+
+
+def _fingerprint(ds: xr.Dataset, region: tuple[int, int], codec) -> tuple[str, dict]:
+    desc = {
+        "attrs": _canonical_attrs(ds.attrs),
+        "variables": {
+            str(n): [list(map(str, v.dims)), list(v.shape), str(v.dtype)]
+            for n, v in sorted(ds.variables.items(), key=lambda kv: str(kv[0]))
+        },
+        "region": list(region),
+        "codec": repr(codec),
+    }
+    text = json.dumps(desc, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest(), desc
+
+
+def _region_size(counts: xr.DataArray, region) -> tuple[int, int]:
+    if region is not None:
+        r = (region, region) if np.isscalar(region) else tuple(region)
+        if len(r) != 2 or any(int(v) != v or v < 1 for v in r):
+            raise GanxError(f"region must be a positive int or (ry, rx) pixels, got {region!r}")
+        return int(r[0]), int(r[1])
+    if counts.chunks is None:
+        return int(counts.shape[0]), int(counts.shape[1])
+    return int(counts.chunks[0][0]), int(counts.chunks[1][0])
+
+
+def _prepare(ds: xr.Dataset, region, compressor) -> tuple[xr.Dataset, tuple[int, int], object]:
+    if not isinstance(ds, xr.Dataset):
+        raise GanxError(f"to_zarr needs an xarray.Dataset, got {type(ds).__name__}")
+    if CUBE not in ds.data_vars:
+        raise GanxError(f"dataset has no {CUBE!r} variable")
+    counts = ds[CUBE]
+    if counts.dims[:2] != ("y", "x") or counts.ndim != 3:
+        raise GanxError(f"{CUBE!r} must have dims (y, x, energy), got {counts.dims}")
+    if RECORD in ds.variables:
+        raise GanxError(f"dataset must not contain a variable named {RECORD!r}")
+    cy, cx = _region_size(counts, region)
+    E = counts.shape[2]
+    data = counts.data if isinstance(counts.data, da.Array) else da.asarray(counts.data)
+    want = (cy, cx, E)
+    if any(c[:-1] != (w,) * (len(c) - 1) or c[-1] > w for c, w in zip(data.chunks, want,
+                                                                        strict=True)):
+        data = data.rechunk(want)
+    ds = ds.copy()
+    ds[CUBE] = counts.copy(data=data)
+    # fixed-width numpy strings have no Zarr v3 data type (zarr warns "unstable"); variable-length
+    # UTF-8 ("string") does: store pigment names, channel names... as object arrays
+    for name, var in list(ds.variables.items()):
+        if var.dtype.kind == "U":
+            new = var.astype(object)
+            if name in ds.coords:
+                ds = ds.assign_coords({name: new})
+            else:
+                ds[name] = new
+    ds = ds.copy()
+    codec = default_compressor() if compressor is None else compressor
+    return ds, (cy, cx), codec
+
+
+def _n_regions(shape, region) -> tuple[int, int]:
+    return -(-shape[0] // region[0]), -(-shape[1] // region[1])
+
+
+def _open_group(path: Path, group: str | None, mode: str = "r"):
+    return zarr.open_group(str(path), path=group or "", mode=mode, zarr_format=3)
+
+
+def _write_template(ds: xr.Dataset, path: Path, group, region, codec, fp: str) -> None:
+    ny, nx = _n_regions(ds[CUBE].shape, region)
+    attrs = _jsonable(dict(ds.attrs))
+    attrs.update(complete=False, template_complete=False, regions_total=int(ny * nx),
+                 region_size=list(region), fingerprint=fp)
+    attrs.setdefault("resumed", [])
+    small = ds.drop_vars(CUBE)
+    small.attrs = attrs
+    small.to_zarr(str(path), group=group, mode="w", zarr_format=3, consolidated=False)
+    cube = ds[[CUBE]]
+    cube.attrs = attrs
+    enc = {CUBE: {"chunks": (region[0], region[1], ds[CUBE].shape[2]), "compressors": [codec]}}
+    cube.to_zarr(str(path), group=group, mode="a", zarr_format=3, consolidated=False,
+                 compute=False, encoding=enc)
+    g = _open_group(path, group, "r+")
+    g.create_array(RECORD, shape=(ny, nx), chunks=(1, 1), dtype="bool", fill_value=False,
+                   dimension_names=("region_y", "region_x"), compressors=None,
+                   attributes={"description": "True once region (region_y, region_x) of "
+                               f"{CUBE!r} is written", "region_size": list(region)})
+    g.attrs.update({"template_complete": True})
+
+
+def _write_region(block: np.ndarray, path: str, group: str | None, ry: int, rx: int,
+                  y0: int, x0: int) -> int:
+    """Task: write one region of ``counts`` then record it (module level: pickles by ref)."""
+    prefix = f"{group.strip('/')}/" if group else ""
+    # write_empty_chunks=True skips zarr's all-zero scan of every chunk (~0.1 CPU-s per 128 MB
+    # region); an all-zero region is then stored like any other, identically on every run
+    arr = zarr.open_array(path, path=prefix + CUBE, mode="r+", zarr_format=3).with_config(
+        {"write_empty_chunks": True})
+    arr[y0:y0 + block.shape[0], x0:x0 + block.shape[1], :] = block
+    rec = zarr.open_array(path, path=prefix + RECORD, mode="r+", zarr_format=3)
+    rec[ry, rx] = True
+    return int(block.nbytes)
+
+
+def _compute(tasks: list, progress: bool) -> list:
+    try:
+        from distributed import default_client
+        from distributed import progress as dprogress
+
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed"):
+        futures = client.compute(tasks)
+        if progress:
+            dprogress(futures)
+        return client.gather(futures)
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return list(dask.compute(*tasks))
+    return list(dask.compute(*tasks))
+
+
+def _record(path: Path, group) -> np.ndarray:
+    return np.asarray(_open_group(path, group)[RECORD][...], dtype=bool)
+
+
+# --------------------------------------------------------------------------------- public API
+def to_zarr(
+    ds: xr.Dataset,
+    path: str | os.PathLike,
+    *,
+    group: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    region: int | tuple[int, int] | None = None,
+    compressor=None,
+) -> str:
+    """Write a (lazy) cube dataset to a Zarr v3 store, region by region, resumably.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Must contain ``counts(y, x, energy)`` (usually dask-backed); every other variable is
+        written with the template.
+    path : str or path-like
+        Store directory (local or shared file system reachable by every worker).
+    group : str, optional
+        Group inside the store (e.g. one image of a batch dataset).
+    overwrite : bool
+        Replace an existing store/group.  Only a Zarr store (or an empty directory) is ever
+        replaced; any other existing path raises.
+    resume : bool
+        Finish an interrupted store: verifies the fingerprint (parameters, seed, shapes, dtypes,
+        region size, codec) matches ``ds`` (else :class:`GanxError` naming the differing keys),
+        then computes only the regions not recorded as written.  The number computed is logged
+        (logger ``ganx_dask.store``) and appended to the ``resumed`` attribute.  A missing
+        store is written from scratch.
+    progress : bool
+        Show progress: ``distributed.progress`` under an active ``distributed.Client``, else
+        ``dask.diagnostics.ProgressBar``.
+    region : int or (int, int), optional
+        Region (= zarr chunk) size in pixels along ``(y, x)``; default: the dask chunks of
+        ``counts``.  Each region holds all energies: ``cy × cx × E`` voxels.
+    compressor : zarr v3 bytes-to-bytes codec, optional
+        Default :func:`default_compressor` (blosc zstd level 1, bitshuffle).
+
+    Returns
+    -------
+    str
+        The store path.
+
+    Raises
+    ------
+    StoreExistsError
+        The store (or group) exists and neither ``overwrite`` nor ``resume`` is set; the existing
+        files are left untouched.
+    GanxError
+        Unwritable location, malformed dataset, or a resume against different parameters.
+    """
+    if overwrite and resume:
+        raise GanxError("give either overwrite=True or resume=True, not both")
+    path = Path(os.fspath(path)).expanduser()
+    ds, reg, codec = _prepare(ds, region, compressor)
+    fp, desc = _fingerprint(ds, reg, codec)
+    target = _group_dir(path, group)
+    exists = target.exists() and (target.is_file() or any(target.iterdir()))
+    if exists and target.is_dir() and not _is_zarr_node(target):
+        if overwrite or resume:
+            raise GanxError(
+                f"{str(target)!r} exists and is not a Zarr store: refusing to overwrite or resume"
+            )
+    if exists and target.is_file():
+        raise StoreExistsError(f"{str(target)!r} exists and is a file")
+    if exists and not (overwrite or resume):
+        raise StoreExistsError(
+            f"store {str(target)!r} already exists; pass overwrite=True (--overwrite) to replace "
+            "it or resume=True (--resume) to finish it"
+        )
+    _check_writable(target if target.exists() else path)
+
+    need_template = True
+    if exists and resume:
+        try:
+            attrs = dict(_open_group(path, group).attrs)
+        except Exception as exc:  # noqa: BLE001 - any unreadable store is a user error here
+            raise GanxError(f"cannot resume {str(target)!r}: not a readable Zarr group ({exc})") from exc
+        if "fingerprint" not in attrs:
+            raise GanxError(f"cannot resume {str(target)!r}: not written by ganx_dask.store")
+        if attrs["fingerprint"] != fp:
+            stored = _canonical_attrs(attrs)
+            diff = sorted(k for k in set(stored) | set(desc["attrs"])
+                          if stored.get(k) != desc["attrs"].get(k))
+            if not diff:
+                diff = ["variables/shapes/dtypes/region size/codec"]
+            raise GanxError(
+                f"cannot resume {str(target)!r}: it was written with different parameters "
+                f"(differs in: {', '.join(diff)})"
+            )
+        need_template = not attrs.get("template_complete", False)
+        if attrs.get("complete") and not need_template:
+            log.info("store %s is already complete: 0 regions to compute", target)
+            return str(path)
+        resumed = list(attrs.get("resumed", []))
+    elif exists and overwrite:
+        if group:
+            shutil.rmtree(target)
+        else:
+            for child in list(path.iterdir()):
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        resumed = []
+    else:
+        resumed = []
+
+    if need_template:
+        _write_template(ds, path, group, reg, codec, fp)
+    done = _record(path, group)
+    todo = [(int(ry), int(rx)) for ry, rx in zip(*np.nonzero(~done), strict=True)]
+    if exists and resume:
+        resumed.append({"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                        "regions_computed": len(todo), "regions_total": int(done.size)})
+        _open_group(path, group, "r+").attrs.update({"resumed": resumed})
+        log.warning("resuming %s: computing %d of %d regions", target, len(todo), done.size)
+    blocks = ds[CUBE].data.to_delayed()
+    write = dask.delayed(_write_region, pure=True)
+    tasks = [
+        write(blocks[ry, rx, 0], str(path), group, ry, rx, ry * reg[0], rx * reg[1],
+              dask_key_name=f"ganx-write-region-{fp[:12]}-{ry}-{rx}")
+        for ry, rx in todo
+    ]
+    if tasks:
+        _compute(tasks, progress)
+    if not _record(path, group).all():  # pragma: no cover - a task failed silently
+        raise GanxError(f"store {str(target)!r}: some regions were not recorded as written")
+    _open_group(path, group, "r+").attrs.update({"complete": True})
+    return str(path)
+
+
+def is_complete(path: str | os.PathLike, group: str | None = None) -> bool:
+    """True when the store exists and its ``complete`` flag is set (False for anything else)."""
+    try:
+        return bool(_open_group(Path(os.fspath(path)), group).attrs.get("complete", False))
+    except Exception:  # noqa: BLE001 - missing/unreadable store is simply not complete
+        return False
+
+
+def missing_regions(path: str | os.PathLike, group: str | None = None) -> list[tuple[int, int]]:
+    """Regions ``(region_y, region_x)`` of ``counts`` not yet recorded as written.
+
+    All regions are missing when the template itself is incomplete; raises :class:`GanxError`
+    if ``path`` is not a ganx-dask store.
+    """
+    p = Path(os.fspath(path))
+    try:
+        g = _open_group(p, group)
+    except Exception as exc:  # noqa: BLE001
+        raise GanxError(f"{str(_group_dir(p, group))!r} is not a Zarr store ({exc})") from exc
+    if RECORD not in g or not g.attrs.get("template_complete", False):
+        if RECORD in g:
+            shape = g[RECORD].shape
+        elif CUBE in g and "region_size" in g.attrs:
+            shape = _n_regions(g[CUBE].shape, g.attrs["region_size"])
+        else:
+            raise GanxError(f"{str(_group_dir(p, group))!r} has no region record")
+        return [(ry, rx) for ry in range(shape[0]) for rx in range(shape[1])]
+    rec = np.asarray(g[RECORD][...], dtype=bool)
+    return [(int(a), int(b)) for a, b in zip(*np.nonzero(~rec), strict=True)]
+
+
+def open_cube(path: str | os.PathLike, group: str | None = None) -> xr.Dataset:
+    """Open a store lazily (dask arrays with the zarr chunks).
+
+    Warns :class:`~ganx_dask.errors.IncompleteStoreWarning` when the store's ``complete`` flag is
+    not set (an interrupted run: missing regions read as zeros).  The internal region record is
+    not part of the returned dataset (see :func:`missing_regions`).
+    """
+    p = Path(os.fspath(path))
+    if not _group_dir(p, group).exists():
+        raise GanxError(f"store {str(_group_dir(p, group))!r} does not exist")
+    try:
+        ds = xr.open_zarr(str(p), group=group, zarr_format=3, consolidated=False,
+                          drop_variables=[RECORD])
+    except Exception as exc:  # noqa: BLE001
+        raise GanxError(f"cannot open {str(_group_dir(p, group))!r} as a Zarr store: {exc}") from exc
+    if not ds.attrs.get("complete", False):
+        warnings.warn(
+            f"store {str(_group_dir(p, group))!r} is incomplete (generation was interrupted); "
+            "finish it with resume=True / --resume",
+            IncompleteStoreWarning,
+            stacklevel=2,
+        )
+    return ds

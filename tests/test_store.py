@@ -1,0 +1,230 @@
+"""Tests of ganx_dask.store: overwrite policy, template-then-regions, resume, readers, schedulers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from ganx_dask import sampling, store
+from ganx_dask.errors import GanxError, IncompleteStoreWarning, StoreExistsError
+
+K, E, H, W = 3, 32, 192, 256
+SPECTRA = np.random.default_rng(0).random((K, E)) + 0.01
+SPECTRA /= SPECTRA.sum(axis=1, keepdims=True)
+LABELS = np.random.default_rng(1).integers(-1, K, size=(H, W)).astype(np.int16)
+
+COMPUTED_BLOCKS: list = []
+
+
+def _track(block, fail_at=None, block_info=None):
+    """Identity on label blocks; records each computed block and can fail one (an interruption)."""
+    loc = tuple(r[0] for r in block_info[0]["array-location"])
+    if fail_at is not None and loc == fail_at:
+        raise RuntimeError(f"simulated worker death at {loc}")
+    COMPUTED_BLOCKS.append(loc)
+    return block
+
+
+def _dataset(seed: int = 5, chunk: int = 64, fail_at=None) -> xr.Dataset:
+    labels = da.from_array(LABELS, chunks=chunk).map_blocks(_track, fail_at=fail_at,
+                                                            dtype=np.int16)
+    cube = sampling.sample_cube(labels, SPECTRA, seed=seed, counts=40, engine="numpy")
+    return xr.Dataset(
+        {
+            "counts": (("y", "x", "energy"), cube),
+            "labels": (("y", "x"), da.from_array(LABELS, chunks=chunk)),
+            "spectrum": (("cluster", "energy"), SPECTRA),
+        },
+        coords={"y": np.arange(H), "x": np.arange(W),
+                "energy": ("energy", np.linspace(0.5, 38.5, E), {"units": "keV"})},
+        attrs={"seed": seed, "parameters": {"counts": 40, "count_model": "fixed"},
+               "created": "2026-11-26T12:00:00+00:00"},
+    )
+
+
+def _tree_hashes(root: Path, skip_group_meta: bool = False) -> dict:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            rel = str(p.relative_to(root))
+            if skip_group_meta and rel == "zarr.json":
+                continue
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    with dask.config.set(scheduler="synchronous"):
+        store.to_zarr(_dataset(), path)
+    return path
+
+
+def test_roundtrip_layout_and_flags(reference):
+    ds = store.open_cube(reference)
+    expected = _dataset().counts.compute(scheduler="synchronous")
+    np.testing.assert_array_equal(ds.counts.values, expected.values)
+    np.testing.assert_array_equal(ds.labels.values, LABELS)
+    assert ds.attrs["complete"] is True and ds.attrs["regions_total"] == 12
+    assert ds.attrs["region_size"] == [64, 64] and ds.attrs["seed"] == 5
+    assert ds.counts.encoding["chunks"] == (64, 64, E)
+    codec = ds.counts.encoding["compressors"][0]
+    assert (codec.cname.value, codec.clevel, codec.shuffle.value) == ("zstd", 1, "bitshuffle")
+    assert store.RECORD not in ds.variables and ds.energy.attrs["units"] == "keV"
+    assert store.is_complete(reference) and store.missing_regions(reference) == []
+    assert not store.is_complete(reference.parent / "nothing.zarr")
+
+
+def test_existing_store_untouched_without_overwrite(reference, tmp_path):
+    before = _tree_hashes(reference)
+    with pytest.raises(StoreExistsError, match="overwrite"):
+        store.to_zarr(_dataset(seed=6), reference)
+    assert _tree_hashes(reference) == before
+    # overwrite replaces it (different seed -> different counts)
+    path = tmp_path / "copy.zarr"
+    store.to_zarr(_dataset(), path)
+    store.to_zarr(_dataset(seed=6), path, overwrite=True)
+    new = store.open_cube(path)
+    assert new.attrs["seed"] == 6
+    assert not np.array_equal(new.counts.values, store.open_cube(reference).counts.values)
+
+
+def test_refuses_to_overwrite_non_store_and_unwritable(tmp_path):
+    user_dir = tmp_path / "photos"
+    user_dir.mkdir()
+    (user_dir / "holiday.jpg").write_bytes(b"not yours")
+    with pytest.raises(GanxError, match="not a Zarr store"):
+        store.to_zarr(_dataset(), user_dir, overwrite=True)
+    assert [p.name for p in user_dir.iterdir()] == ["holiday.jpg"]
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(GanxError, match="not a directory"):
+        store.to_zarr(_dataset(), blocker / "out.zarr")
+    assert blocker.read_text() == "x"
+    if os.geteuid() != 0:  # root ignores permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            with pytest.raises(GanxError, match="not writable"):
+                store.to_zarr(_dataset(), ro / "out.zarr")
+            assert list(ro.iterdir()) == []
+        finally:
+            ro.chmod(0o755)
+
+
+def test_groups(tmp_path):
+    path = tmp_path / "batch.zarr"
+    store.to_zarr(_dataset(seed=5), path, group="img_a")
+    store.to_zarr(_dataset(seed=6), path, group="img_b")
+    before = _tree_hashes(path)
+    with pytest.raises(StoreExistsError):
+        store.to_zarr(_dataset(seed=7), path, group="img_a")
+    assert _tree_hashes(path) == before
+    a, b = store.open_cube(path, "img_a"), store.open_cube(path, "img_b")
+    assert (a.attrs["seed"], b.attrs["seed"]) == (5, 6)
+    assert store.is_complete(path, "img_b")
+
+
+def test_interrupt_then_resume_is_byte_identical(reference, tmp_path):
+    path = tmp_path / "resumed.zarr"
+    with dask.config.set(scheduler="synchronous"), pytest.raises(RuntimeError, match="death"):
+        store.to_zarr(_dataset(fail_at=(64, 128)), path)
+    # template first, then regions: template complete, some regions done, cube not complete
+    g = store._open_group(path, None)
+    assert g.attrs["template_complete"] is True and g.attrs["complete"] is False
+    missing = store.missing_regions(path)
+    assert 0 < len(missing) < 12 and (1, 2) in missing
+    with pytest.warns(IncompleteStoreWarning):
+        store.open_cube(path)
+    assert not store.is_complete(path)
+    with pytest.raises(StoreExistsError):
+        store.to_zarr(_dataset(), path)
+    COMPUTED_BLOCKS.clear()
+    with dask.config.set(scheduler="synchronous"):
+        store.to_zarr(_dataset(), path, resume=True)
+    assert sorted(COMPUTED_BLOCKS) == sorted((ry * 64, rx * 64) for ry, rx in missing)
+    assert store.is_complete(path)
+    attrs = store.open_cube(path).attrs
+    assert attrs["resumed"][-1]["regions_computed"] == len(missing)
+    assert _tree_hashes(path, True) == _tree_hashes(reference, True)
+    # resuming a complete store computes nothing
+    COMPUTED_BLOCKS.clear()
+    store.to_zarr(_dataset(), path, resume=True)
+    assert COMPUTED_BLOCKS == []
+
+
+def test_lost_records_are_recomputed_identically(reference, tmp_path):
+    import shutil
+
+    path = tmp_path / "lost.zarr"
+    shutil.copytree(reference, path)
+    g = store._open_group(path, None, "r+")
+    g[store.RECORD][0, 1] = False
+    g[store.RECORD][2, 3] = False
+    shutil.rmtree(path / "counts" / "c" / "2" / "3")  # its chunk is gone too
+    g.attrs.update({"complete": False})
+    assert store.missing_regions(path) == [(0, 1), (2, 3)]
+    COMPUTED_BLOCKS.clear()
+    with dask.config.set(scheduler="threads"):
+        store.to_zarr(_dataset(), path, resume=True)
+    assert sorted(COMPUTED_BLOCKS) == [(0, 64), (128, 192)]
+    assert _tree_hashes(path, True) == _tree_hashes(reference, True)
+
+
+def test_resume_checks_parameters(reference, tmp_path):
+    import shutil
+
+    path = tmp_path / "other.zarr"
+    shutil.copytree(reference, path)
+    before = _tree_hashes(path)
+    with pytest.raises(GanxError, match="seed"):
+        store.to_zarr(_dataset(seed=99), path, resume=True)
+    with pytest.raises(GanxError, match="different parameters"):
+        store.to_zarr(_dataset(), path, resume=True, region=128)
+    assert _tree_hashes(path) == before
+    fresh = tmp_path / "fresh.zarr"  # resume of a missing store writes it from scratch
+    store.to_zarr(_dataset(), fresh, resume=True)
+    assert _tree_hashes(fresh, True) == _tree_hashes(reference, True)
+
+
+def test_schedulers_and_region_override_same_values(reference, tmp_path, capsys):
+    ref = store.open_cube(reference).counts.values
+    p1 = tmp_path / "proc.zarr"
+    with dask.config.set(scheduler="processes", num_workers=2):
+        store.to_zarr(_dataset(chunk=128), p1, region=64, progress=True)
+    assert "100% Completed" in capsys.readouterr().out
+    # labels follow the dataset's chunks (128 here); the cube and its record are identical
+    for sub in ("counts", store.RECORD):
+        assert _tree_hashes(p1 / sub) == _tree_hashes(reference / sub)
+    p2 = tmp_path / "big.zarr"
+    store.to_zarr(_dataset(chunk=64), p2, region=128)
+    big = store.open_cube(p2)
+    assert big.counts.encoding["chunks"] == (128, 128, E) and big.attrs["regions_total"] == 4
+    np.testing.assert_array_equal(big.counts.values, ref)
+
+
+def test_distributed_client(reference, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    path = tmp_path / "dist.zarr"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster):
+        store.to_zarr(_dataset(), path, progress=True)
+    assert _tree_hashes(path, True) == _tree_hashes(reference, True)
+
+
+def test_open_cube_errors(tmp_path):
+    with pytest.raises(GanxError, match="does not exist"):
+        store.open_cube(tmp_path / "none.zarr")
+    with pytest.raises(GanxError, match="counts"):
+        store.to_zarr(_dataset().drop_vars("counts"), tmp_path / "x.zarr")
+    assert not (tmp_path / "x.zarr").exists()
