@@ -45,12 +45,13 @@ def alias_count(
             if n == 0:
                 continue
             kw = lab[r, c] * W
+            row = out[r, c]
             for _ in range(n):
                 x = u[i] * E
                 j = np.intp(x)
                 f = x - j
                 a = kw + j
-                if f >= pf[a]:
-                    a = af[a]
-                out[r, c, a - kw] += 1
+                al = af[a]  # load both outcomes: a select instead of an unpredictable branch
+                a = al if f >= pf[a] else a
+                row[a - kw] += 1
                 i += 1

@@ -33,6 +33,7 @@ environment.  For hand-started workers, point ``DASK_CONFIG`` at
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator, Mapping
@@ -388,8 +389,30 @@ def _wait(client: Any, n: int, timeout: float, what: str) -> None:
 
 
 @contextlib.contextmanager
+def _quiet_distributed() -> Iterator[None]:
+    """Keep distributed's INFO chatter (scheduler/nanny start and stop) out of a CLI run whose
+    root logger is at WARNING or above; restores the level afterwards."""
+    import distributed  # noqa: F401 - importing it configures its loggers; do that first
+
+    logger = logging.getLogger("distributed")
+    old = logger.level
+    if logging.getLogger().level >= logging.WARNING and logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
+@contextlib.contextmanager
 def client_from_config(cfg: Mapping[str, Any]) -> Iterator[Any]:
     """Like :func:`cluster_from_config`, from an already validated config dict."""
+    with _quiet_distributed(), _client_from_config(cfg) as client:
+        yield client
+
+
+@contextlib.contextmanager
+def _client_from_config(cfg: Mapping[str, Any]) -> Iterator[Any]:
     from distributed import Client
 
     kind = cfg["kind"]

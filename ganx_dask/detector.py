@@ -879,6 +879,8 @@ def blur_sources(
     psf: PsfTable,
     pixels: np.ndarray,
     photons_per_pixel,
+    *,
+    engine: str = "numpy",
 ) -> np.ndarray:
     """Source cluster of each photon under the beam-spot blur.
 
@@ -900,6 +902,10 @@ def blur_sources(
         Flat (row-major, within the ``h × w`` block) index of each emitting pixel.
     photons_per_pixel : int or int array (P,)
         Photons of each emitting pixel (a scalar for the fixed count model).
+    engine : {"numpy", "numba"}
+        ``"numba"`` fuses the first pass (offset draw and label gather) in
+        ``ganx_dask._numba_kernels.psf_sources``, with the same uniforms and float64
+        operations, so the result is identical.
 
     Returns
     -------
@@ -914,18 +920,28 @@ def blur_sources(
     py, px = np.divmod(pixels, w)
     base = (py + R) * wp + (px + R)
     if np.ndim(photons_per_pixel) == 0:
-        base_ph = np.repeat(base, int(photons_per_pixel))
+        nph = np.full(base.shape, int(photons_per_pixel), dtype=np.int64)
     else:
-        base_ph = np.repeat(base, np.asarray(photons_per_pixel, dtype=np.intp))
+        nph = np.asarray(photons_per_pixel, dtype=np.int64)
     off = psf.dy.astype(np.intp) * wp + psf.dx.astype(np.intp)
     labf = lab.ravel()
-    m = base_ph.size
-    src_idx = off[psf.draw(rng.random(m), overwrite=True)]
-    src_idx += base_ph
-    src = labf[src_idx]
+    m = int(nph.sum())
+    base_ph = None
+    if engine == "numba":
+        from ._numba_kernels import psf_sources
+
+        src = np.empty(m, dtype=labf.dtype)
+        psf_sources(rng.random(m), psf.prob, psf.alias, off, base, nph, labf, src)
+    else:
+        base_ph = np.repeat(base, nph)
+        src_idx = off[psf.draw(rng.random(m), overwrite=True)]
+        src_idx += base_ph
+        src = labf[src_idx]
     if labf.size and labf.min() >= 0:
         return src
     bad = np.flatnonzero(src < 0)
+    if bad.size and base_ph is None:
+        base_ph = np.repeat(base, nph)
     rounds = 0
     while bad.size:
         rounds += 1

@@ -141,9 +141,9 @@ def _resolve_library(library):
 def _instrument_dict(instrument, library) -> dict:
     inst = instrument if instrument is not None else getattr(library, "instrument", None)
     try:
-        from .pigments.physics import _as_instrument
+        from .pigments.physics import as_instrument
 
-        return _as_instrument(inst).to_dict()
+        return as_instrument(inst).to_dict()
     except ImportError:  # pragma: no cover - physics module unavailable
         return {} if inst is None else {"name": str(inst)}
 

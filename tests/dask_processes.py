@@ -36,7 +36,7 @@ def wait_until(condition, timeout: float, what: str, procs=()) -> None:
                 raise RuntimeError(f"process {p.args!r} exited with {p.returncode} while waiting for {what}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 def kill_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:

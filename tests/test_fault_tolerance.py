@@ -19,7 +19,7 @@ from .dask_processes import ProcessCluster, ganx_cmd, kill_group, wait_until
 pytestmark = pytest.mark.cluster
 
 #: generation options shared by every run here: 256x512 px, 64-px regions -> 32 regions
-OPTS = ["--seed", "3", "--energy", "0.5:38.5:128", "--counts", "800", "--chunk", "64",
+OPTS = ["--seed", "3", "--energy", "0.5:38.5:128", "--counts", "2000", "--chunk", "64",
         "--n-start", "4", "--delta", "1", "--fit-samples", "4000", "--score-batch", "512",
         "--no-progress"]
 N_REGIONS = 32
