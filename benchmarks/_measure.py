@@ -1,8 +1,8 @@
 """Run a command as a subprocess and measure wall time, CPU time and peak RSS of its process tree.
 
 Peak RSS is the maximum over time of the summed resident set size of the process and all its
-descendants (dask worker processes included), polled every ``interval`` seconds with psutil (a
-dependency of distributed).  CPU time is the user+system time of the whole tree: the larger of
+descendants (dask worker processes included), polled every ``interval`` seconds (default 0.05)
+with psutil (a dependency of distributed).  CPU time is the user+system time of the whole tree: the larger of
 ``getrusage(RUSAGE_CHILDREN)`` after the wait (which includes every descendant its parent reaped)
 and the sum of the last polled CPU times of each process seen (which covers descendants that were
 not reaped, e.g. killed workers).
@@ -23,7 +23,7 @@ import psutil
 __all__ = ["run_measured"]
 
 
-def run_measured(cmd: list[str], *, env: dict | None = None, interval: float = 0.02,
+def run_measured(cmd: list[str], *, env: dict | None = None, interval: float = 0.05,
                  timeout: float | None = None, cwd: str | None = None) -> dict:
     """Run ``cmd`` and return ``{"wall_s", "cpu_s", "peak_rss_bytes", "returncode", "stdout",
     "stderr", "result"}``; ``result`` is the JSON object printed on the last stdout line, if any."""

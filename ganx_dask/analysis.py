@@ -446,6 +446,9 @@ def flatten(counts, *, target_chunk_bytes: int = 64 * 2**20) -> xr.DataArray:
     data = c.data
     if isinstance(data, da.Array):
         rows = int(max(1, min(h, target_chunk_bytes // max(1, w * e * data.dtype.itemsize))))
+        ychunk = max(data.chunks[0])
+        if rows < ychunk:  # slabs that tile the stored y-chunks: each reads one chunk row
+            rows = max(d for d in range(1, rows + 1) if ychunk % d == 0)
         data = data.rechunk((rows, -1, -1)).reshape(h * w, e)
     else:
         data = np.asarray(data).reshape(h * w, e)

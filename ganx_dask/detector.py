@@ -63,6 +63,7 @@ __all__ = [
     "draw_pileup_links",
     "pileup_chains",
     "summed_channels",
+    "sum_axis_params",
     "photon_pixels",
     "pileup_counts",
     "apply_pileup",
@@ -567,23 +568,46 @@ def summed_channels(
     ndarray int64 (n_chains,)
         Channel of each chain, ``−1`` when ``E_sum`` lies above the last edge (the event is lost).
     """
+    return _chain_sums(member_channels, chains.chain, chains.n_chains, edges_kev)
+
+
+def _chain_sums(member_channels, chain, n_chains: int, edges_kev) -> np.ndarray:
+    """:func:`summed_channels` on a chain-number array (members in photon order)."""
     edges = np.asarray(edges_kev, dtype=np.float64)
     n_e = edges.size - 1
-    n_ch = chains.n_chains
     ch = np.asarray(member_channels, dtype=np.int64)
-    width = np.diff(edges)
-    if np.all(np.abs(width - width[0]) <= 1e-9 * width[0]):
-        m = np.bincount(chains.chain, minlength=n_ch)
-        isum = np.bincount(chains.chain, weights=ch, minlength=n_ch).astype(np.int64)
-        shift = np.floor((m - 1) * (edges[0] / width[0]) + 0.5 * m + 1e-9).astype(np.int64)
+    uniform, s_over_w, centres, tol = sum_axis_params(edges)
+    if uniform:
+        m = np.bincount(chain, minlength=n_chains)
+        isum = np.bincount(chain, weights=ch, minlength=n_chains).astype(np.int64)
+        shift = np.floor((m - 1) * s_over_w + 0.5 * m + 1e-9).astype(np.int64)
         idx = isum + shift
-    else:
-        centres = 0.5 * (edges[:-1] + edges[1:])
-        esum = np.bincount(chains.chain, weights=centres[ch], minlength=n_ch)
-        tol = 1e-9 * float(width.min())
+    else:  # bincount adds in input order, from 0.0: the numba kernel adds in the same order
+        esum = np.bincount(chain, weights=centres[ch], minlength=n_chains)
         idx = np.searchsorted(edges, esum + tol, side="right").astype(np.int64) - 1
     idx[idx >= n_e] = -1
     return idx
+
+
+def sum_axis_params(edges_kev: np.ndarray) -> tuple[bool, float, np.ndarray, float]:
+    """How :func:`summed_channels` places sums on an axis (shared with the numba kernel).
+
+    Returns
+    -------
+    uniform : bool
+        True when all channel widths agree to 1e-9 (relative): the integer formula is used.
+    s_over_w : float
+        ``start / width`` (uniform axes).
+    centres : ndarray float64 (E,)
+        Channel centres, keV.
+    tol : float
+        Tolerance added to ``E_sum`` before ``searchsorted`` (non-uniform axes), keV.
+    """
+    edges = np.asarray(edges_kev, dtype=np.float64)
+    width = np.diff(edges)
+    uniform = bool(np.all(np.abs(width - width[0]) <= 1e-9 * width[0]))
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    return uniform, float(edges[0] / width[0]), centres, 1e-9 * float(width.min())
 
 
 def photon_pixels(photon_index: np.ndarray, photons_per_pixel) -> np.ndarray:
@@ -657,26 +681,32 @@ def _flat_rows(counts: np.ndarray) -> tuple[np.ndarray, int] | None:
 
 def apply_pileup(
     counts: np.ndarray,
-    member_pixel: np.ndarray,
-    member_channel: np.ndarray,
-    chains: PileupChains,
+    links: np.ndarray,
+    link_pixel: np.ndarray,
+    first_channel: np.ndarray,
+    next_channel: np.ndarray,
     edges_kev: np.ndarray,
 ) -> int:
-    """Correct a histogram, in place, for the chains of piled-up photons it already counts.
+    """Correct a histogram, in place, for the piled-up photons it already counts.
 
-    The sampler histograms every photon; this removes each chain member from its channel and
-    adds one count per chain at the summed channel (:func:`summed_channels`), dropping chains
-    above the axis.  Cost is proportional to the number of chain members.
+    The sampler histograms every photon.  For each chain of short gaps this removes every
+    member from its channel and adds one count at the chain's summed channel
+    (:func:`summed_channels`); chains above the axis are dropped.  Everything is given per short
+    gap, so the caller needs only the two photons of each gap.  Cost is proportional to the
+    number of gaps.
 
     Parameters
     ----------
     counts : ndarray (h, w, E) unsigned int
         Counts of a block of pixels (a view is fine), modified in place.
-    member_pixel : int array
-        Flat (row-major) pixel index, within ``counts``, of each chain member.
-    member_channel : int array
-        Channel of each chain member.
-    chains : PileupChains
+    links : int array (n,)
+        Sorted short gaps (:func:`draw_pileup_links`): photon ``links[i]`` merges with
+        ``links[i] + 1``.
+    link_pixel : int array (n,)
+        Flat (row-major) pixel index, within ``counts``, of each gap's photons.
+    first_channel, next_channel : int array (n,)
+        Channel of photon ``links[i]`` and of photon ``links[i] + 1`` (``first_channel`` is
+        only read where a chain starts).
     edges_kev : ndarray (E + 1,)
         Channel edges, keV.
 
@@ -686,11 +716,29 @@ def apply_pileup(
         Number of chains lost above the axis.
     """
     h, w, E = counts.shape
-    member_pixel = np.asarray(member_pixel, dtype=np.int64)
-    member_channel = np.asarray(member_channel, dtype=np.int64)
-    sums = summed_channels(member_channel, chains, edges_kev)
+    links = np.asarray(links, dtype=np.int64)
+    n = links.size
+    if n == 0:
+        return 0
+    link_pixel = np.asarray(link_pixel, dtype=np.int64)
+    ch1 = np.asarray(first_channel, dtype=np.int64)
+    ch2 = np.asarray(next_channel, dtype=np.int64)
+    start = np.empty(n, dtype=bool)
+    start[0] = True
+    np.not_equal(np.diff(links), 1, out=start[1:])
+    first = np.flatnonzero(start)  # the gap that opens each chain
+    sizes = np.diff(np.append(first, n)) + 1  # photons per chain
+    ch1 = ch1[first]
+    uniform, s_over_w, _, _ = sum_axis_params(edges_kev)
+    if uniform:  # integer sums per chain: the same numbers as _chain_sums, without a chain array
+        isum = ch1 + np.add.reduceat(ch2, first)
+        sums = isum + np.floor((sizes - 1) * s_over_w + 0.5 * sizes + 1e-9).astype(np.int64)
+        sums[sums >= E] = -1
+    else:
+        ch_mem = np.insert(ch2, first, ch1)  # members in photon order, chain by chain
+        chain = np.repeat(np.arange(first.size, dtype=np.int64), sizes)
+        sums = _chain_sums(ch_mem, chain, first.size, edges_kev)
     ok = sums >= 0
-    head_pixel = member_pixel[chains.head][ok]
     one = counts.dtype.type(1)
     flat = _flat_rows(counts)
     if flat is not None:
@@ -698,13 +746,15 @@ def apply_pileup(
         # offset of each pixel's spectrum in the flat view (a gather instead of a divmod)
         pix_off = (np.arange(h, dtype=np.int64)[:, None] * row
                    + np.arange(w, dtype=np.int64)[None, :] * E).ravel()
-        np.subtract.at(buf, pix_off[member_pixel] + member_channel, one)
-        np.add.at(buf, pix_off[head_pixel] + sums[ok], one)
+        off = pix_off[link_pixel]
+        np.subtract.at(buf, off[first] + ch1, one)
+        np.subtract.at(buf, off + ch2, one)
+        np.add.at(buf, off[first][ok] + sums[ok], one)
     else:
-        r, c = np.divmod(member_pixel, w)
-        np.subtract.at(counts, (r, c, member_channel), one)
-        hr, hc = np.divmod(head_pixel, w)
-        np.add.at(counts, (hr, hc, sums[ok]), one)
+        r, c = np.divmod(link_pixel, w)
+        np.subtract.at(counts, (r[first], c[first], ch1), one)
+        np.subtract.at(counts, (r, c, ch2), one)
+        np.add.at(counts, (r[first][ok], c[first][ok], sums[ok]), one)
     return int((~ok).sum())
 
 

@@ -209,6 +209,7 @@ def generate(
     instrument=None,
     include_rgb: bool = True,
     engine: str = "auto",
+    detector=None,
 ) -> xr.Dataset:
     """Build the lazy synthetic MA-XRF dataset of an image.
 
@@ -249,6 +250,11 @@ def generate(
         Add the input image as ``rgb(y, x, channel)``.
     engine : {"auto", "numpy", "numba"}
         Sampler kernel (all give identical bits).
+    detector : DetectorEffects, dict, str or None
+        Detector and scan effects in the Monte Carlo (:mod:`ganx_dask.detector`): pile-up,
+        dead time (adds ``live_time(y, x)``, seconds; needs ``poisson`` or ``luminosity``) and
+        beam-spot blur; a dict of its fields or a preset name such as ``"lab-rh"``.  ``None``:
+        none (the plain sampler).
 
     Returns
     -------
@@ -270,7 +276,15 @@ def generate(
         tile=tile, include_rgb=include_rgb, engine=engine,
     )
     ax = _validate(params)
+    from .detector import as_detector, live_time_map
     from .sampling import counts_dtype, sample_cube
+
+    fx = as_detector(detector)
+    if fx is not None and fx.dead_time and count_model == "fixed":
+        raise ConfigError(
+            "a dead-time model needs count_model 'poisson' or 'luminosity' (with 'fixed' the "
+            "recorded counts are fixed by definition)"
+        )
 
     lib = _resolve_library(library)
     img, opaque = read_image(image, chunks=chunks, return_alpha=True)
@@ -304,7 +318,9 @@ def generate(
     dtype = counts_dtype(count_model, counts, scale_max=scale_max)
     cube = sample_cube(labels.data, spectrum.values, seed=int(seed), counts=counts,
                        count_model=count_model, scale=scale, tile=tile, dtype=dtype,
-                       engine=engine)
+                       engine=engine, detector=fx,
+                       energy=ax if isinstance(ax, EnergyAxis)
+                       else lib_spectra.coords["energy"].values)
 
     # -- dataset ------------------------------------------------------------------------------
     energy_coord = lib_spectra.coords["energy"]
@@ -331,6 +347,12 @@ def generate(
                                           "units": "8-bit sRGB"}),
     }
     data_vars["labels"].attrs.update(labels.attrs, units="1")
+    if fx is not None and fx.dead_time:
+        data_vars["live_time"] = xr.Variable(
+            ("y", "x"), live_time_map(fx, labels.data, counts, scale),
+            attrs={"long_name": "detector live time", "units": "s",
+                   "dwell_time_s": fx.dwell_ms * 1e-3, "dead_time_model": fx.dead_time_model,
+                   "dead_time_s": fx.dead_time_us * 1e-6})
     if include_rgb:
         data_vars["rgb"] = xr.Variable(("y", "x", "channel"), img.data,
                                        attrs={"long_name": "input image",
@@ -344,6 +366,7 @@ def generate(
     recorded["instrument"] = (None if instrument is None
                               else _instrument_dict(instrument, lib).get("name", str(instrument)))
     recorded["counts_dtype"] = np.dtype(dtype).name
+    recorded["detector"] = None if fx is None else fx.to_dict()
     attrs = {
         "title": "synthetic MA-XRF data cube (ganx-dask)",
         "ganx_dask_version": __version__,
@@ -353,6 +376,7 @@ def generate(
         "library_name": lib.name,
         "library_version": lib.version,
         "instrument": _instrument_dict(instrument, lib),
+        "detector": None if fx is None else fx.to_dict(),
         "clustering": model.to_attrs(),
         "energy_axis": recorded["energy"],
         "tile": int(tile),

@@ -2,8 +2,9 @@
 
 Accepted sources:
 
-* a path to a PNG, JPEG, TIFF (8/16-bit, stripped or tiled, BigTIFF, planar or interleaved) or
-  any other format Pillow reads.  TIFFs are read **lazily, chunk by chunk** through tifffile's
+* a path to a PNG, JPEG, TIFF (8/16-bit, stripped or tiled, BigTIFF, planar or interleaved;
+  RGB, grayscale, palette, CMYK or min-is-white, with or without alpha) or any other format
+  Pillow reads (palette, CMYK, bilevel, 16-bit gray… are converted to RGB).  TIFFs are read **lazily, chunk by chunk** through tifffile's
   Zarr interface (``tifffile.imread(path, aszarr=True)``): building the array reads only the
   header, and each dask chunk decodes only the TIFF tiles/strips it overlaps.  Other formats are
   decoded whole by Pillow (they cannot be read partially) and then chunked.
@@ -15,7 +16,13 @@ Accepted sources:
 Normalisation: grayscale is expanded to RGB (with a warning); an alpha channel is dropped (with a
 warning) and kept as an *opaque mask* (``alpha > 0``) so that fully transparent pixels get label −1
 and no counts; 16-bit values are scaled to 8-bit by ``round(v · 255 / 65535)``; floats by
-``round(v · 255)``.
+``round(v · 255)``; CMYK as Pillow does (``R = max − (C + K)``, clipped).
+
+Bad input raises :class:`~ganx_dask.errors.ImageError` naming the file: missing, a directory,
+unreadable, empty, not an image, truncated, no pixels, a stack or unsupported TIFF colour space
+(CIELAB…), 32-bit float files outside [0, 1].  Pillow's decompression-bomb limit is lifted for
+the file the user names (large scans are legitimate); above 100 Mpx a non-TIFF image warns that
+it is decoded whole.
 """
 
 from __future__ import annotations
@@ -56,8 +63,12 @@ class _TiffArray:
             self.axes = str(lv.axes)
             page = lv.pages[0] if len(lv.pages) else None
             self.colormap = None
+            self.photometric = None if page is None else page.photometric
+            self.inkset = 1  # TIFF default: CMYK
             if page is not None and page.photometric == tifffile.PHOTOMETRIC.PALETTE:
                 self.colormap = np.asarray(page.colormap)  # (3, 2**bits)
+            if page is not None and "InkSet" in page.tags:
+                self.inkset = int(page.tags["InkSet"].value)
         self.ndim = len(self.shape)
 
     def __getitem__(self, key) -> np.ndarray:
@@ -106,12 +117,58 @@ def _read_tiff(path: Path, chunks: int) -> tuple[da.Array, str]:
     else:
         d = da.from_array(arr, chunks=(arr.shape[0], chunks, chunks), asarray=True,
                           fancy=False, name=f"tiff-{_token(path)}").transpose(order)
+    d, info = _tiff_photometric(d, arr, path)
+    if info:
+        return d, info
     if arr.colormap is not None and d.ndim == 2:  # palette image: look the colours up lazily
         cmap = np.ascontiguousarray(arr.colormap.T)  # (2**bits, 3)
         d = d.map_blocks(lambda b: cmap[b], new_axis=2, chunks=d.chunks + ((3,),),
                          dtype=cmap.dtype)
         return d, f"TIFF palette {cmap.dtype}"
     return d, f"TIFF {axes} {arr.dtype}"
+
+
+def _cmyk_to_rgb(b: np.ndarray) -> np.ndarray:
+    """CMYK(+alpha) block → RGB(+alpha), Pillow's formula ``R = max − (C + K)`` clipped at 0."""
+    top = np.iinfo(b.dtype).max if b.dtype.kind in "iu" else 1.0
+    w = b.astype(np.float64)
+    rgb = np.clip(top - (w[..., :3] + w[..., 3:4]), 0, top).astype(b.dtype)
+    return np.concatenate([rgb, b[..., 4:5]], axis=-1)
+
+
+def _tiff_photometric(d: da.Array, arr: _TiffArray, path: Path) -> tuple[da.Array, str]:
+    """Turn CMYK and min-is-white TIFFs into RGB / gray (lazily); reject colour spaces we do not
+    convert.  Returns ``(d, info)``; ``info`` is empty when nothing was done."""
+    import tifffile
+
+    pm = tifffile.PHOTOMETRIC
+    photometric = arr.photometric
+    if photometric is None or arr.colormap is not None:
+        return d, ""
+    if photometric == pm.MINISWHITE:
+        if d.dtype == np.bool_:
+            return ~d, f"TIFF min-is-white {arr.dtype}"
+        if d.dtype.kind == "u":
+            top = np.iinfo(d.dtype).max
+            return d.map_blocks(lambda b: (top - b).astype(b.dtype), dtype=d.dtype), \
+                f"TIFF min-is-white {arr.dtype}"
+        raise ImageError(f"{path}: min-is-white TIFF with {arr.dtype} samples is not supported")
+    if photometric == pm.SEPARATED:
+        if arr.inkset != 1 or d.ndim != 3 or d.shape[2] not in (4, 5):
+            raise ImageError(
+                f"{path}: separated (ink) TIFF with {d.shape[2] if d.ndim == 3 else 1} inks "
+                f"(InkSet {arr.inkset}) is not supported; only CMYK(+alpha) is converted to RGB"
+            )
+        nc = d.shape[2] - 1
+        out = d.map_blocks(_cmyk_to_rgb, dtype=d.dtype,
+                           chunks=d.chunks[:2] + ((nc,),))
+        return out, f"TIFF CMYK {arr.dtype}"
+    if photometric not in (pm.MINISBLACK, pm.RGB, pm.PALETTE, pm.YCBCR):
+        raise ImageError(
+            f"{path}: TIFF colour space {photometric.name} is not supported; save the image as "
+            "RGB or grayscale"
+        )
+    return d, ""
 
 
 def _token(path: Path) -> str:
@@ -313,7 +370,11 @@ def read_image(
             raise ImageError(f"{path}: not a file")
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file, not an image")
-        if _is_tiff(path):
+        try:
+            tiff = _is_tiff(path)
+        except OSError as exc:  # e.g. no read permission
+            raise ImageError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+        if tiff:
             d, info = _read_tiff(path, chunks)
         else:
             a, info = _read_pillow(path)

@@ -35,6 +35,11 @@ the tile's global index.  Within a tile the stream is consumed in a fixed order:
    row-major order, as a single vectorised call;
 2. one ``rng.random()`` per photon, pixels in row-major order, photons of a pixel consecutive.
 
+Detector effects (:mod:`ganx_dask.detector`, ``detector=``) draw from their own streams
+``(4, 0, ty, tx)`` (pile-up) and ``(4, 1, ty, tx)`` (beam-spot offsets) and never change how
+this stream is consumed; dead time only changes the Poisson means of step 1.  With every effect
+off the cube is the plain cube, bit for bit.
+
 Pixels labelled −1 consume nothing and get zero counts.  The result therefore depends only on
 the seed, the labels, the spectra and the parameters — not on dask chunking (any multiple of the
 tile), scheduler, worker count, retries or engine.
@@ -42,6 +47,7 @@ tile), scheduler, worker count, retries or engine.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 import threading
@@ -51,7 +57,8 @@ from typing import Literal
 import dask.array as da
 import numpy as np
 
-from .errors import GanxError
+from . import detector as _det
+from .errors import ConfigError, GanxError
 
 __all__ = [
     "COUNT_MODELS",
@@ -63,6 +70,7 @@ __all__ = [
     "sample_block",
     "sample_cube",
     "has_numba",
+    "TileEffects",
 ]
 
 #: Names of the count models.
@@ -81,9 +89,16 @@ CountModel = Literal["fixed", "poisson", "luminosity"]
 Engine = Literal["auto", "numpy", "numba"]
 
 
+@functools.lru_cache(maxsize=1)
 def has_numba() -> bool:
     """Return True when the optional numba engine can be used (``pip install ganx-dask[fast]``)."""
-    return importlib.util.find_spec("numba") is not None
+    try:
+        if importlib.util.find_spec("numba") is None:
+            return False
+        from . import _numba_kernels  # noqa: F401
+    except (ImportError, ValueError):
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,6 +302,55 @@ def _alias_count_numpy(
     return np.bincount(idx, minlength=npix * E)
 
 
+def _alias_count_numpy_k(
+    u: np.ndarray, k_phot: np.ndarray, rows_pix: np.ndarray, nphot: np.ndarray | int,
+    ptab: np.ndarray, atab: np.ndarray, E: int, npix: int,
+) -> np.ndarray:
+    """As :func:`_alias_count_numpy` with a cluster per *photon* (beam-spot blur).
+
+    ``k_phot``: source cluster of each photon; ``rows_pix``/``nphot``: in-batch index and
+    photons of each photon-emitting pixel.  ``u`` is overwritten.
+    """
+    W = E + 1
+    m = u.size
+    idx = _buffer("idx", m, np.intp)
+    pg = _buffer("pg", m, np.float64)
+    al = _buffer("al", m, np.intp)
+    mask = _buffer("mask", m, np.bool_)
+    koff = k_phot.astype(np.intp) * W
+    np.multiply(u, E, out=u)
+    idx[...] = u
+    np.subtract(u, idx, out=u)
+    idx += koff
+    np.take(ptab.ravel(), idx, out=pg)
+    np.greater_equal(u, pg, out=mask)
+    np.take(atab.ravel(), idx, out=al)
+    np.copyto(idx, al, where=mask)
+    idx -= koff
+    if np.isscalar(nphot):
+        idx.reshape(-1, int(nphot))[...] += (rows_pix.astype(np.intp) * E)[:, None]
+    else:
+        idx += np.repeat(rows_pix.astype(np.intp) * E, nphot)
+    return np.bincount(idx, minlength=npix * E)
+
+
+def _alias_lookup(
+    u: np.ndarray, k: np.ndarray, ptab: np.ndarray, atab: np.ndarray, E: int
+) -> np.ndarray:
+    """Channel drawn by the kernels for uniforms ``u`` of photons of clusters ``k`` (few photons).
+
+    The same float64 operations as the kernels, so the channel equals the one they count.
+    """
+    W = E + 1
+    kw = np.asarray(k, dtype=np.intp) * W
+    x = np.asarray(u, dtype=np.float64) * E
+    j = x.astype(np.intp)
+    f = x - j
+    a = kw + j
+    a = np.where(f >= ptab.ravel()[a], atab.ravel()[a], a)
+    return (a - kw).astype(np.int64)
+
+
 def _resolve_engine(engine: str) -> str:
     if engine not in ("auto", "numpy", "numba"):
         raise GanxError(f"engine must be 'auto', 'numpy' or 'numba', got {engine!r}")
@@ -299,15 +363,22 @@ def _resolve_engine(engine: str) -> str:
 
 def _pixel_totals(
     count_model: str, counts: float, labels: np.ndarray, scale: np.ndarray | None,
-    rng: np.random.Generator, dtype: np.dtype,
+    rng: np.random.Generator, dtype: np.dtype, effects: _det.DetectorEffects | None = None,
 ) -> np.ndarray | None:
-    """Photons per pixel (int64, 0 for label −1) for the random models; None for ``fixed``."""
+    """Photons per pixel (int64, 0 for label −1) for the random models; None for ``fixed``.
+
+    With a dead-time model the Poisson means are the expected *recorded* counts
+    (:meth:`~ganx_dask.detector.DetectorEffects.recorded_counts`).
+    """
     if count_model == "fixed":
         return None
+    dead = effects is not None and effects.dead_time
     valid = labels >= 0
     tot = np.zeros(labels.shape, dtype=np.int64)
     if count_model == "poisson":
         lam = float(counts)
+        if dead:
+            lam = float(effects.recorded_counts(lam)[0])
         tot[valid] = rng.poisson(lam, size=int(valid.sum()))
     else:
         if scale is None:
@@ -315,13 +386,58 @@ def _pixel_totals(
         s = np.asarray(scale, dtype=np.float64)[valid]
         if not np.all(np.isfinite(s)) or np.any(s < 0):
             raise GanxError("luminosity scale must be finite and non-negative")
-        tot[valid] = rng.poisson(float(counts) * s)
+        lam = float(counts) * s
+        if dead:
+            lam = effects.recorded_counts(lam)[0]
+        tot[valid] = rng.poisson(lam)
     if tot.size and tot.max() > np.iinfo(dtype).max:
         raise OverflowError(
             f"a pixel drew {int(tot.max())} photons, more than {np.dtype(dtype).name} holds; "
             "use dtype=uint32"
         )
     return tot
+
+
+class TileEffects:
+    """Detector effects of one tile (built by :func:`sample_block`; see :mod:`ganx_dask.detector`).
+
+    Parameters
+    ----------
+    effects : DetectorEffects
+    seed, ty, tx : int
+        Master seed and global tile index: the effects draw from
+        :func:`~ganx_dask.detector.detector_rng` streams ``(4, 0, ty, tx)`` (pile-up) and
+        ``(4, 1, ty, tx)`` (blur), never from the Monte Carlo stream.
+    labels_padded : ndarray (h + 2R, w + 2R), optional
+        The tile's labels with a halo of ``R = psf.radius`` pixels (blur only).
+    psf : PsfTable, optional
+    edges : ndarray (E + 1,), optional
+        Channel edges, keV (pile-up only).
+    """
+
+    def __init__(self, effects, seed, ty, tx, *, labels_padded=None, psf=None, edges=None):
+        self.effects = effects
+        self.pileup = effects.pileup
+        self.blur = effects.blur
+        self.pileup_rng = _det.detector_rng(seed, _det.PILEUP_STREAM, ty, tx) if self.pileup \
+            else None
+        self.blur_rng = _det.detector_rng(seed, _det.BLUR_STREAM, ty, tx) if self.blur else None
+        self.labels_padded = labels_padded
+        self.psf = psf
+        self.edges = edges
+
+
+def _tile_links(
+    fx: TileEffects, count_model: str, counts: float, labels: np.ndarray,
+    scale: np.ndarray | None, nph: np.ndarray,
+) -> np.ndarray:
+    """Short gaps (pile-up) of a tile; ``nph``: photons of every pixel, row-major (h, w)."""
+    if count_model == "luminosity":
+        lam = float(counts) * np.where(labels >= 0, np.asarray(scale, dtype=np.float64), 0.0)
+        p = fx.effects.link_probability(lam, counts).ravel()
+    else:
+        p = float(fx.effects.link_probability(float(counts), counts))
+    return _det.draw_pileup_links(fx.pileup_rng, nph.ravel(), p)
 
 
 def sample_tile(
@@ -336,6 +452,7 @@ def sample_tile(
     dtype=None,
     out: np.ndarray | None = None,
     engine: Engine = "auto",
+    effects: TileEffects | None = None,
     _tables: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Draw the counts of one tile from its generator.
@@ -359,6 +476,9 @@ def sample_tile(
         Where to write (may be a strided view of a block); fully overwritten.
     engine : {"auto", "numpy", "numba"}
         Bit-identical engines; ``auto`` uses numba when importable.
+    effects : TileEffects, optional
+        Detector effects of this tile (pile-up, dead time, beam-spot blur); they draw from their
+        own streams, so ``rng`` is consumed exactly as without them.
 
     Returns
     -------
@@ -378,11 +498,17 @@ def sample_tile(
         raise GanxError(f"label {int(labels.max())} has no spectrum (only {K} clusters)")
     ptab, atab = _tables if _tables is not None else _padded_tables(prob, alias)
     engine = _resolve_engine(engine)
-    tot = _pixel_totals(count_model, counts, labels, scale, rng, dtype)
+    fx = effects if effects is not None and (effects.pileup or effects.blur
+                                             or effects.effects.dead_time) else None
+    tot = _pixel_totals(count_model, counts, labels, scale, rng, dtype,
+                        None if fx is None else fx.effects)
     if count_model == "fixed":
         n_fixed = int(counts)
         if n_fixed > np.iinfo(dtype).max:
             raise OverflowError(f"{n_fixed} counts per pixel do not fit {dtype.name}")
+    if fx is not None and (fx.pileup or fx.blur):
+        return _sample_tile_effects(labels, tot, n_fixed if tot is None else 0, fx, rng, ptab,
+                                    atab, out, engine, counts, count_model, scale)
     if engine == "numba":
         from . import _numba_kernels as nk
 
@@ -423,6 +549,107 @@ def sample_tile(
     return out
 
 
+def _sample_tile_effects(
+    labels, tot, n_fixed, fx: TileEffects, rng, ptab, atab, out, engine, counts, count_model,
+    scale,
+) -> np.ndarray:
+    """:func:`sample_tile` with pile-up and/or beam-spot blur (same Monte Carlo stream).
+
+    Per sub-batch of rows the uniforms are drawn exactly as in the plain path; with blur each
+    photon's cluster comes from :func:`ganx_dask.detector.blur_sources`.  The short gaps of
+    pile-up are drawn once per tile; batch by batch the uniforms (and clusters) of each gap's
+    two photons are kept, and at the end of the tile their channels are recomputed
+    (:func:`_alias_lookup`) and the histogram corrected
+    (:func:`ganx_dask.detector.apply_pileup`; with numba fused in
+    ``_numba_kernels.pileup_correct``).  Both engines count the same photons, so they stay
+    bit-identical.
+    """
+    h, w = labels.shape
+    E = out.shape[2]
+    nph = tot if tot is not None else np.where(labels >= 0, n_fixed, 0).astype(np.int64)
+    nph_flat = nph.ravel()
+    cum = np.concatenate([[0], np.cumsum(nph_flat)])
+    R = fx.psf.radius if fx.blur else 0
+    lab_flat = labels.ravel()
+    links = None
+    if fx.pileup:
+        links = _tile_links(fx, count_model, counts, labels, scale, nph)
+        if links.size:  # keep the uniform (and cluster) of each short gap's two photons
+            u1 = np.empty(links.size)
+            u2 = np.empty(links.size)
+            if fx.blur:
+                k1 = np.empty(links.size, dtype=np.intp)
+                k2 = np.empty(links.size, dtype=np.intp)
+        else:
+            links = None
+    if engine == "numba":
+        from . import _numba_kernels as nk
+
+        lab2 = np.ascontiguousarray(labels, dtype=np.int64)
+        nph2 = np.ascontiguousarray(nph, dtype=np.int64)
+    # the blur's redraw order depends on the batches: then one batch size for both engines
+    budget = _BATCH_PHOTONS_NUMBA if engine == "numba" and not fx.blur else _BATCH_PHOTONS
+    rows = max(1, budget // max(1, int(counts) * w))
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        npix = (r1 - r0) * w
+        t = nph_flat[r0 * w:r1 * w]
+        pix = np.flatnonzero(t > 0)
+        nphot = t[pix] if tot is not None else n_fixed
+        m0, m1 = int(cum[r0 * w]), int(cum[r1 * w])
+        m = m1 - m0
+        view = out[r0:r1]
+        if m == 0:
+            view[...] = 0
+            continue
+        u = _buffer("u", m, np.float64)
+        rng.random(out=u)
+        if fx.blur:
+            k_phot = _det.blur_sources(fx.blur_rng, fx.labels_padded[r0:r1 + 2 * R], fx.psf,
+                                       pix, nphot, engine=engine)
+        if links is not None:
+            a, b = np.searchsorted(links, (m0, m1))
+            if b > a:
+                j = links[a:b] - m0
+                u1[a:b] = u[j]
+                u2[a:b] = u[j + 1]
+                if fx.blur:
+                    k1[a:b] = k_phot[j]
+                    k2[a:b] = k_phot[j + 1]
+        if engine == "numba":
+            view[...] = 0
+            if fx.blur:
+                nk.alias_count_k(u, k_phot, nph2[r0:r1], ptab, atab, view)
+            else:
+                nk.alias_count(u, lab2[r0:r1], nph2[r0:r1], ptab, atab, view)
+        else:
+            if fx.blur:
+                c = _alias_count_numpy_k(u, k_phot, pix, nphot, ptab, atab, E, npix)
+            else:
+                c = _alias_count_numpy(u, lab_flat[r0 * w:r1 * w][pix], pix, nphot, ptab, atab,
+                                       E, npix)
+            view[...] = c.reshape(r1 - r0, w, E)
+    if links is not None:
+        link_pix = _photon_pixels(links, tot, n_fixed, lab_flat, nph_flat)
+        if not fx.blur:
+            k1 = k2 = lab_flat[link_pix].astype(np.intp)
+        if engine == "numba":
+            uniform, s_over_w, centres, tol = _det.sum_axis_params(fx.edges)
+            nk.pileup_correct(links, link_pix, u1, k1, u2, k2, ptab, atab, uniform, s_over_w,
+                              centres, np.asarray(fx.edges, dtype=np.float64), tol, out)
+        else:
+            _det.apply_pileup(out, links, link_pix, _alias_lookup(u1, k1, ptab, atab, E),
+                              _alias_lookup(u2, k2, ptab, atab, E), fx.edges)
+    return out
+
+
+def _photon_pixels(j, tot, n_fixed, lab_flat, nph_flat) -> np.ndarray:
+    """Flat pixel of tile photons ``j`` (fixed model: photon j of emitting pixel j // N)."""
+    if tot is None:
+        return np.flatnonzero(lab_flat >= 0)[j // n_fixed]
+    return _det.photon_pixels(j, nph_flat)
+
+
 def _chunk_bounds_ok(chunks: Sequence[int], tile: int) -> bool:
     edges = np.cumsum(chunks)[:-1]
     return bool(np.all(edges % tile == 0))
@@ -441,14 +668,27 @@ def sample_block(
     tile: int = DEFAULT_TILE,
     dtype=None,
     engine: Engine = "auto",
+    detector: _det.DetectorEffects | None = None,
+    energy_edges: np.ndarray | None = None,
 ) -> np.ndarray:
     """Counts of a block of the image whose top-left pixel is at global ``offset``.
 
     The block is cut along the fixed global tile grid and each tile drawn from
     :func:`tile_rng`; ``offset`` must be a multiple of ``tile``.  Parameters as in
     :func:`sample_tile`; returns an ``(h, w, E)`` array of counts.
+
+    With a beam-spot blur (``detector.blur``) ``labels`` carries a halo of
+    ``R = detector.blur_radius`` pixels on each side (−1 beyond the image, see
+    :func:`ganx_dask.detector.overlap_labels`) and the block is its interior.  ``energy_edges``
+    (keV, ``E + 1``) are needed for pile-up.
     """
     labels = np.asarray(labels)
+    fx_on = detector is not None and detector.enabled
+    R = detector.blur_radius if fx_on else 0
+    labels_padded = labels
+    if R:
+        labels = labels[R:-R, R:-R]
+    psf = _det.psf_table(detector.blur_fwhm_px, detector.blur_truncate) if R else None
     y0, x0 = (int(o) for o in offset)
     if y0 % tile or x0 % tile:
         raise GanxError(f"block offset {offset} is not on the {tile}-pixel tile grid")
@@ -463,22 +703,39 @@ def sample_block(
         r1 = min(h, r0 + tile)
         for c0 in range(0, w, tile):
             c1 = min(w, c0 + tile)
-            rng = tile_rng(seed, (y0 + r0) // tile, (x0 + c0) // tile)
+            ty, tx = (y0 + r0) // tile, (x0 + c0) // tile
+            rng = tile_rng(seed, ty, tx)
+            fx = None
+            if fx_on:
+                fx = TileEffects(
+                    detector, seed, ty, tx, psf=psf, edges=energy_edges,
+                    labels_padded=labels_padded[r0:r1 + 2 * R, c0:c1 + 2 * R] if R else None,
+                )
             sample_tile(
                 labels[r0:r1, c0:c1], prob, alias, rng, counts=counts, count_model=count_model,
                 scale=None if scale is None else scale[r0:r1, c0:c1], dtype=dtype,
-                out=out[r0:r1, c0:c1], engine=engine, _tables=tables,
+                out=out[r0:r1, c0:c1], engine=engine, effects=fx, _tables=tables,
             )
     return out
 
 
 def _cube_block(labels, scale=None, *, prob, alias, seed, counts, count_model, tile, out_dtype,
-                engine, block_info=None):
-    """``map_blocks`` adapter: global offset from ``block_info`` (module level, so it pickles)."""
-    loc = block_info[0]["array-location"]
+                engine, detector=None, energy_edges=None, starts=None, block_info=None):
+    """``map_blocks`` adapter: global offset from ``block_info`` (module level, so it pickles).
+
+    With a blur the labels block carries a halo, so the offset comes from the block's index and
+    the unpadded chunk ``starts`` instead.
+    """
+    if starts is not None:
+        iy, ix = block_info[0]["chunk-location"]
+        offset = (starts[0][iy], starts[1][ix])
+    else:
+        loc = block_info[0]["array-location"]
+        offset = (loc[0][0], loc[1][0])
     return sample_block(
         labels, prob, alias, seed=seed, counts=counts, count_model=count_model, scale=scale,
-        offset=(loc[0][0], loc[1][0]), tile=tile, dtype=out_dtype, engine=engine,
+        offset=offset, tile=tile, dtype=out_dtype, engine=engine, detector=detector,
+        energy_edges=energy_edges,
     )
 
 
@@ -493,6 +750,8 @@ def sample_cube(
     tile: int = DEFAULT_TILE,
     dtype=None,
     engine: Engine = "auto",
+    detector: _det.DetectorEffects | None = None,
+    energy=None,
 ) -> da.Array:
     """Lazy photon-count cube ``(y, x, energy)`` of a labelled image.
 
@@ -517,6 +776,12 @@ def sample_cube(
         ``uint16``/``uint32``; default :func:`counts_dtype` (uint32 when counts could overflow).
     engine : {"auto", "numpy", "numba"}
         Kernel; resolved on the worker, all engines give identical bits.
+    detector : DetectorEffects, optional
+        Pile-up, dead time and beam-spot blur (:mod:`ganx_dask.detector`); ``None`` or all
+        effects off gives exactly the plain cube.  Dead time needs the ``poisson`` or
+        ``luminosity`` count model.
+    energy : EnergyAxis, str or array of bin centres (keV), optional
+        The spectra's energy axis; required for pile-up (summed energies).
 
     Returns
     -------
@@ -557,15 +822,43 @@ def sample_cube(
         raise GanxError(f"counts dtype must be an unsigned integer type, got {dtype}")
     if count_model == "fixed" and counts > np.iinfo(dtype).max:
         raise GanxError(f"{counts} counts per pixel overflow {dtype.name}; use uint32")
-    args = (labels,) if scale is None else (labels, scale)
+    fx_kwargs: dict = {}
+    lab_in = labels
+    if detector is not None and detector.enabled:
+        if not isinstance(detector, _det.DetectorEffects):
+            raise ConfigError(f"detector must be a DetectorEffects, got {type(detector).__name__}")
+        if detector.dead_time and count_model == "fixed":
+            raise ConfigError(
+                "a dead-time model needs a random count model ('poisson' or 'luminosity'): "
+                "with 'fixed' the recorded counts are fixed by definition"
+            )
+        edges = None
+        if detector.pileup:
+            if energy is None:
+                raise ConfigError("pile-up needs the energy axis of the spectra (energy=...)")
+            from .energy import axis_edges
+
+            edges = axis_edges(energy)
+            if edges.size != E + 1:
+                raise ConfigError(
+                    f"energy axis has {edges.size - 1} channels but the spectra have {E}"
+                )
+        fx_kwargs = {"detector": detector, "energy_edges": edges}
+        if detector.blur:
+            lab_in = _det.overlap_labels(labels, detector.blur_radius)
+            fx_kwargs["starts"] = tuple(
+                tuple(int(v) for v in np.cumsum((0,) + ch[:-1])) for ch in labels.chunks
+            )
+    args = (lab_in,) if scale is None else (lab_in, scale)
     from dask.base import tokenize
 
     name = "ganx-counts-" + tokenize(
-        labels, scale, prob, alias, seed, counts, count_model, tile, dtype.str
+        labels, scale, prob, alias, seed, counts, count_model, tile, dtype.str,
+        None if not fx_kwargs else (detector.to_dict(), fx_kwargs.get("energy_edges")),
     )
     return da.map_blocks(
         _cube_block, *args, prob=prob, alias=alias, seed=int(seed), counts=counts,
         count_model=count_model, tile=int(tile), out_dtype=dtype, engine=engine,
         new_axis=2, chunks=labels.chunks + ((E,),),
-        meta=np.empty((0, 0, 0), dtype=dtype), name=name,
+        meta=np.empty((0, 0, 0), dtype=dtype), name=name, **fx_kwargs,
     )

@@ -24,7 +24,8 @@ Write protocol
 2. template: all small variables, the coordinates, the metadata of ``counts`` (no data), the
    region record, attrs with ``complete: False``; then ``template_complete: True``;
 3. one task per region: compute the counts block, write its zarr chunk, set its record entry;
-4. ``complete: True`` last.
+4. ``complete: True``, then (stores without ``group``) consolidated metadata, so a plain
+   ``xr.open_zarr`` needs no fallback; an interrupted store has none and is opened without.
 
 A run killed at any point leaves a store that ``resume=True`` finishes: the template is redone if
 it was not complete, then only regions whose record is False are computed (per-tile seeding makes
@@ -172,8 +173,8 @@ def _prepare(ds: xr.Dataset, region, compressor) -> tuple[xr.Dataset, tuple[int,
     if any(c[:-1] != (w,) * (len(c) - 1) or c[-1] > w for c, w in zip(data.chunks, want,
                                                                         strict=True)):
         data = data.rechunk(want)
-    ds = ds.copy()
-    ds[CUBE] = counts.copy(data=data)
+    ds = ds.drop_encoding()  # e.g. a dataset read from another store: its chunks/codecs don't apply
+    ds[CUBE] = counts.copy(data=data).drop_encoding()
     # fixed-width numpy strings have no Zarr v3 data type (zarr warns "unstable"); variable-length
     # UTF-8 ("string") does: store pigment names, channel names... as object arrays
     for name, var in list(ds.variables.items()):
@@ -251,6 +252,31 @@ def _compute(tasks: list, progress: bool) -> list:
         with ProgressBar():
             return list(dask.compute(*tasks))
     return list(dask.compute(*tasks))
+
+
+def _consolidate(path: Path, group) -> None:
+    """Consolidated metadata, written last, so a plain ``xr.open_zarr`` finds it (no fallback
+    warning).  Only finished stores have it: an interrupted one is opened without.
+
+    Not for groups: xarray looks for consolidated metadata at the store root, and a root
+    consolidated while other groups are still being written would freeze their in-progress
+    attributes (``complete: False``) for consolidated readers.
+    """
+    if group:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(str(path), path=group or "", zarr_format=3)
+
+
+def _is_consolidated(path: Path, group) -> bool:
+    if group:
+        return False
+    try:
+        meta = json.loads((_group_dir(path, group) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("consolidated_metadata") is not None
 
 
 def _record(path: Path, group) -> np.ndarray:
@@ -386,6 +412,7 @@ def to_zarr(
     if not _record(path, group).all():  # pragma: no cover - a task failed silently
         raise GanxError(f"store {str(target)!r}: some regions were not recorded as written")
     _open_group(path, group, "r+").attrs.update({"complete": True})
+    _consolidate(path, group)
     return str(path)
 
 
@@ -431,8 +458,8 @@ def open_cube(path: str | os.PathLike, group: str | None = None) -> xr.Dataset:
     if not _group_dir(p, group).exists():
         raise GanxError(f"store {str(_group_dir(p, group))!r} does not exist")
     try:
-        ds = xr.open_zarr(str(p), group=group, zarr_format=3, consolidated=False,
-                          drop_variables=[RECORD])
+        ds = xr.open_zarr(str(p), group=group, zarr_format=3,
+                          consolidated=_is_consolidated(p, group), drop_variables=[RECORD])
     except Exception as exc:  # noqa: BLE001
         raise GanxError(f"cannot open {str(_group_dir(p, group))!r} as a Zarr store: {exc}") from exc
     if not ds.attrs.get("complete", False):

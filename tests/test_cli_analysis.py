@@ -72,6 +72,15 @@ def test_inspect_refuses_existing_dir_and_bad_element(tmp_path, stores, capsys):
     assert not fresh.exists() and list(tmp_path.glob(".r2*")) == []
 
 
+def test_inspect_unwritable_output_is_a_clear_error(tmp_path, stores, capsys):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    assert main(["inspect", str(stores[0.2]), "-o", str(blocker / "rep")]) == 1
+    err = capsys.readouterr().err
+    assert "afile" in err and "Traceback" not in err
+    assert blocker.read_text() == "x"
+
+
 def test_inspect_incomplete_store_warns(tmp_path, stores):
     import shutil
 

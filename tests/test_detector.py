@@ -10,8 +10,10 @@ import pytest
 from scipy.special import erfc
 
 from ganx_dask import detector as det
+from ganx_dask import sampling
 from ganx_dask.energy import EnergyAxis
 from ganx_dask.errors import ConfigError
+from tests.markers import requires_numba
 
 AXIS = EnergyAxis(0.5, 38.5, 1024)
 
@@ -157,10 +159,10 @@ def test_chains_above_axis_are_lost_and_counted():
     assert counts[:, :70].sum() == 0 and counts[:, 71:].sum() == 0
 
 
-def test_apply_pileup_matches_reference_histogram():
+@pytest.mark.parametrize("edges", [np.linspace(0.0, 12.8, 65), np.geomspace(0.5, 20.0, 65)])
+def test_apply_pileup_matches_reference_histogram(edges):
     rng = np.random.default_rng(11)
     h, w, E = 6, 5, 64
-    edges = np.linspace(0.0, 12.8, E + 1)
     n = rng.integers(0, 40, size=h * w)
     ch = rng.integers(0, 30, size=n.sum())
     links = det.draw_pileup_links(rng, n, 0.3)
@@ -176,9 +178,10 @@ def test_apply_pileup_matches_reference_histogram():
     block[1:h + 1, 2:w + 2] = plain
     fortran = np.asfortranarray(plain)  # a layout without contiguous rows (slow path)
     for counts in (plain, block[1:h + 1, 2:w + 2], fortran):
-        n_lost = det.apply_pileup(counts, pix[chains.members], ch[chains.members], chains, edges)
+        n_lost = det.apply_pileup(counts, links, pix[links], ch[links], ch[links + 1], edges)
         np.testing.assert_array_equal(counts.reshape(h * w, E), ref)
         assert n_lost == lost.sum()
+    assert det.apply_pileup(plain, links[:0], links[:0], links[:0], links[:0], edges) == 0
     assert block[0].sum() == 0 and block[:, :2].sum() == 0 and block[h + 1:].sum() == 0
     np.testing.assert_array_equal(det.photon_pixels(np.arange(n.sum()), n), pix)
 
@@ -357,3 +360,323 @@ def test_live_time_map_is_lazy_and_exact():
     n = 400 * scale / 2e-3
     expected = np.where(lab >= 0, 2e-3 * np.exp(-n * 5e-6), 2e-3)
     np.testing.assert_allclose(out, expected, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# the effects inside the sampler (ganx_dask.sampling.sample_cube(detector=...))
+# --------------------------------------------------------------------------------------------
+
+ENGINES = ["numpy", pytest.param("numba", marks=requires_numba)]
+SMALL = EnergyAxis(0.0, 25.6, 256)  # 0.1 keV channels
+
+
+WIDE = EnergyAxis(0.0, 51.2, 512)  # same channels, room for chains of up to 7 Fe photons
+
+
+def _two_line_spectra(axis=SMALL):
+    d = np.zeros((2, axis.n))
+    d[0, axis.index(6.40)[()]] = 1.0  # "Fe" pigment
+    d[1, axis.index(3.69)[()]] = 1.0  # "Ca" pigment
+    return d
+
+
+def _cube(labels, spectra, detector, chunks=32, engine="numpy", axis=SMALL, **kw):
+    kw.setdefault("counts", 100)
+    lab = da.from_array(labels, chunks=chunks)
+    cube = sampling.sample_cube(lab, spectra, seed=9, tile=16, engine=engine, detector=detector,
+                                energy=axis, **kw)
+    return cube.compute(scheduler="synchronous")
+
+
+def _rand_labels(h=48, w=40, K=2, seed=0):
+    rng = np.random.default_rng(seed)
+    lab = rng.integers(0, K, size=(h, w)).astype(np.int16)
+    lab[rng.random((h, w)) < 0.05] = -1
+    return lab
+
+
+@pytest.mark.parametrize("model", ["fixed", "luminosity"])
+def test_effects_off_reproduce_the_plain_sampler_bit_for_bit(model):
+    lab = _rand_labels()
+    spectra = np.random.default_rng(1).random((2, SMALL.n))
+    kw = {"count_model": model}
+    if model == "luminosity":
+        kw["scale"] = da.from_array(np.random.default_rng(2).random(lab.shape), chunks=32)
+    plain = _cube(lab, spectra, None, **kw)
+    for d in (det.DetectorEffects(), det.DetectorEffects(pulse_pair_ns=400, input_rate_cps=0.0),
+              det.DetectorEffects(blur_fwhm_px=0.0, dwell_ms=10)):
+        np.testing.assert_array_equal(_cube(lab, spectra, d, **kw), plain)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cube_pileup_conserves_photons_exactly(engine):
+    lab = _rand_labels()
+    N = 100
+    d = det.DetectorEffects(pulse_pair_ns=500, input_rate_cps=2e5)  # p ≈ 0.095
+    cube = _cube(lab, _two_line_spectra(WIDE), d, engine=engine, counts=N, axis=WIDE)
+    p = float(d.link_probability(N, N))
+    merged = np.zeros(lab.shape, dtype=np.int64)
+    for ty in range(-(-lab.shape[0] // 16)):
+        for tx in range(-(-lab.shape[1] // 16)):
+            t = lab[ty * 16:(ty + 1) * 16, tx * 16:(tx + 1) * 16]
+            nph = np.where(t >= 0, N, 0).ravel()
+            links = det.draw_pileup_links(det.detector_rng(9, 0, ty, tx), nph, p)
+            merged[ty * 16:(ty + 1) * 16, tx * 16:(tx + 1) * 16] = np.bincount(
+                det.photon_pixels(links, nph), minlength=nph.size).reshape(t.shape)
+    np.testing.assert_array_equal(cube.sum(axis=2), np.where(lab >= 0, N - merged, 0))
+    assert merged.sum() > 0
+    # the piled-up counts sit exactly at the summed energies (Fe+Fe, Ca+Ca, triples, ...)
+    fe, ca = SMALL.index(6.40)[()], SMALL.index(3.69)[()]
+    occupied = set(np.flatnonzero(cube.sum(axis=(0, 1))).tolist())
+    allowed = set()
+    for i in range(9):
+        for j in range(9 - i):
+            chans = np.array([fe] * i + [ca] * j)
+            if chans.size >= 2:
+                one = det.pileup_chains(np.arange(chans.size - 1))
+                allowed.add(int(det.summed_channels(chans, one, WIDE.edges)[0]))
+    assert {fe, ca, 2 * fe + 1, 2 * ca + 1, 3 * fe + 1} <= occupied  # pure pixels: no Fe+Ca
+    assert occupied <= allowed | {fe, ca}
+
+
+def test_cube_pileup_sum_peak_grows_with_rate():
+    lab = np.zeros((32, 32), dtype=np.int16)
+    fe = SMALL.index(6.40)[()]
+    N = 200
+    ratios = []
+    for rate in (1e4, 5e4, 2e5):
+        d = det.DetectorEffects(pulse_pair_ns=500, input_rate_cps=rate)
+        cube = _cube(lab, _two_line_spectra(), d, counts=N).reshape(-1, SMALL.n)
+        p = float(d.link_probability(N, N))
+        exp_ratio = _chain_expectation(N, p, 2) / _chain_expectation(N, p, 1)
+        obs = cube[:, 2 * fe + 1].sum() / cube[:, fe].sum()
+        sd = math.sqrt(cube[:, 2 * fe + 1].sum()) / cube[:, fe].sum()
+        assert abs(obs - exp_ratio) < 4.5 * sd, (rate, obs, exp_ratio)
+        ratios.append(obs)
+    assert ratios[0] < ratios[1] < ratios[2]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_blurred_cube_is_chunking_and_engine_invariant(engine):
+    lab = _rand_labels(h=64, w=48, K=3, seed=4)
+    spectra = np.random.default_rng(5).random((3, SMALL.n))
+    d = det.DetectorEffects(blur_fwhm_px=3.0, pulse_pair_ns=300, input_rate_cps=1e5)
+    a = _cube(lab, spectra, d, chunks=16, engine=engine)
+    b = _cube(lab, spectra, d, chunks=(32, 48), engine="numpy")
+    assert a.tobytes() == b.tobytes()
+    assert not np.array_equal(a, _cube(lab, spectra, None, chunks=32))
+
+
+@requires_numba
+def test_all_effects_with_luminosity_identical_across_engines_and_chunkings():
+    lab = _rand_labels(h=48, w=64, K=3, seed=6)
+    spectra = np.random.default_rng(7).random((3, SMALL.n))
+    scale = np.random.default_rng(8).uniform(0.0, 1.5, size=lab.shape)
+    d = det.DetectorEffects(pulse_pair_ns=800, dwell_ms=1.0, dead_time_model="paralyzable",
+                            dead_time_us=3.0, blur_fwhm_px=2.5)  # per-pixel p up to 0.11
+    kw = dict(counts=120, count_model="luminosity")
+    a = _cube(lab, spectra, d, chunks=16, engine="numpy",
+              scale=da.from_array(scale, chunks=16), **kw)
+    b = _cube(lab, spectra, d, chunks=32, engine="numba",
+              scale=da.from_array(scale, chunks=32), **kw)
+    assert a.tobytes() == b.tobytes()
+    assert a.sum() > 0 and not a[lab < 0].any()
+
+
+@requires_numba
+@pytest.mark.parametrize("holes", [False, True])
+def test_blur_sources_numba_first_pass_is_identical(holes):
+    rng = np.random.default_rng(12)
+    lab = rng.integers(0, 4, size=(20, 24)).astype(np.int16)
+    if holes:
+        lab[rng.random(lab.shape) < 0.2] = -1
+    psf = det.psf_table(3.0)
+    pad = np.pad(lab, psf.radius, constant_values=-1)
+    pix = np.flatnonzero(lab.ravel() >= 0)
+    for nph in (50, rng.integers(0, 60, size=pix.size)):
+        a = det.blur_sources(det.detector_rng(2, 1, 0, 0), pad, psf, pix, nph, engine="numpy")
+        b = det.blur_sources(det.detector_rng(2, 1, 0, 0), pad, psf, pix, nph, engine="numba")
+        np.testing.assert_array_equal(a, b)
+        assert a.min() >= 0
+
+
+@requires_numba
+@pytest.mark.parametrize("model", ["fixed", "poisson"])
+def test_pileup_engines_identical_on_a_non_uniform_axis(model):
+    centres = np.geomspace(1.0, 40.0, 200)  # non-uniform: sums placed by searchsorted
+    lab = _rand_labels(h=32, w=48, K=3, seed=9)
+    spectra = np.random.default_rng(10).random((3, centres.size)) ** 4
+    d = det.DetectorEffects(pulse_pair_ns=500, input_rate_cps=3e5)  # p ≈ 0.14: long chains
+    kw = dict(counts=80, count_model=model, tile=16, seed=2, detector=d, energy=centres)
+    lab_d = da.from_array(lab, chunks=16)
+    a = sampling.sample_cube(lab_d, spectra, engine="numpy", **kw).compute(scheduler="sync")
+    b = sampling.sample_cube(lab_d, spectra, engine="numba", **kw).compute(scheduler="sync")
+    assert a.tobytes() == b.tobytes()
+    plain = sampling.sample_cube(lab_d, spectra, engine="numpy",
+                                 **{**kw, "detector": None}).compute(scheduler="sync")
+    assert a.sum() < plain.sum()  # merged and lost events remove counts
+
+
+def test_blurred_cube_boundary_is_an_error_function():
+    h, w, x0, N = 32, 48, 24, 200
+    lab = np.zeros((h, w), dtype=np.int16)
+    lab[:, x0:] = 1
+    fwhm = 4.0
+    cube = _cube(lab, _two_line_spectra(), det.DetectorEffects(blur_fwhm_px=fwhm), counts=N)
+    fe = cube[..., SMALL.index(6.40)[()]].sum(axis=0)
+    frac = fe / (h * N)  # per-column Fe fraction ("element map" profile)
+    sigma = fwhm * det.FWHM_TO_SIGMA
+    x = np.arange(w)
+    expected = 0.5 * erfc((x - (x0 - 0.5)) / (sigma * math.sqrt(2)))
+    sd = np.sqrt(np.maximum(expected * (1 - expected), 1e-4) / (h * N))
+    trunc = 0.5 * erfc(3 / math.sqrt(2))
+    assert np.all(np.abs(frac - expected) < 4.5 * sd + trunc + 2e-3)
+    assert frac[x0 - 2] > 0.75 and frac[x0 + 1] < 0.25 and frac[0] == 1.0
+
+
+@pytest.mark.parametrize("model", ["nonparalyzable", "paralyzable"])
+def test_cube_dead_time_recorded_counts(model):
+    h, w = 48, 48
+    lab = np.zeros((h, w), dtype=np.int16)
+    scale = np.linspace(0.05, 1.0, h * w).reshape(h, w)
+    N, dwell, tau = 400.0, 2e-3, 10e-6  # up to n·τ = 2
+    d = det.DetectorEffects(dead_time_model=model, dead_time_us=tau * 1e6, dwell_ms=dwell * 1e3)
+    cube = _cube(lab, _two_line_spectra(), d, counts=N, count_model="luminosity",
+                 scale=da.from_array(scale, chunks=32))
+    tot = cube.sum(axis=2).astype(float)
+    n_true = N * scale / dwell
+    m = det.recorded_rate(n_true, tau, model) * dwell
+    chi2 = (((tot - m) ** 2) / m).sum()
+    dof = tot.size
+    assert abs(chi2 - dof) / math.sqrt(2 * dof) < 4
+    # the wrong model is clearly rejected
+    other = "paralyzable" if model == "nonparalyzable" else "nonparalyzable"
+    m2 = det.recorded_rate(n_true, tau, other) * dwell
+    assert (((tot - m2) ** 2) / m2).sum() > dof + 10 * math.sqrt(2 * dof)
+
+
+def test_sampler_rejects_inconsistent_detector_settings():
+    lab = da.zeros((16, 16), dtype=np.int16, chunks=16)
+    spectra = _two_line_spectra()
+    with pytest.raises(ConfigError, match="dead-time"):
+        sampling.sample_cube(lab, spectra, seed=0, counts=10, tile=16, detector=det.DetectorEffects(
+            dead_time_model="paralyzable", dead_time_us=1, dwell_ms=1))
+    with pytest.raises(ConfigError, match="energy axis"):
+        sampling.sample_cube(lab, spectra, seed=0, counts=10, tile=16,
+                             detector=det.DetectorEffects(pulse_pair_ns=100, input_rate_cps=1e4))
+
+
+# --------------------------------------------------------------------------------------------
+# generate(), the store and the CLI
+# --------------------------------------------------------------------------------------------
+AX64 = EnergyAxis(0.5, 38.5, 64)
+
+
+@pytest.fixture(scope="module")
+def two_pigments(tmp_path_factory):
+    from PIL import Image
+
+    from ganx_dask.pigments import MeasuredSpectrum, Pigment, PigmentLibrary
+    from ganx_dask.pigments.formats import write_library
+
+    d = tmp_path_factory.mktemp("detector")
+    a = np.zeros(AX64.n)
+    a[20], a[10:] = 1.0, a[10:] + 0.01
+    b = np.zeros(AX64.n)
+    b[12], b[10:] = 1.0, b[10:] + 0.01
+    lib = PigmentLibrary([
+        Pigment("red", (200, 40, 30), measured=MeasuredSpectrum(AX64.edges, a)),
+        Pigment("blue", (40, 60, 180), measured=MeasuredSpectrum(AX64.edges, b)),
+    ], name="detector-test", version="1")
+    write_library(lib, d / "lib.json")
+    img = np.zeros((64, 96, 3), np.uint8)
+    img[:, :48] = (200, 40, 30)
+    img[:, 48:] = (40, 60, 180)
+    Image.fromarray(img).save(d / "img.png")
+    return d, lib, img
+
+
+def test_generate_records_effects_and_live_time(two_pigments, tmp_path):
+    from ganx_dask.generator import generate, relative_luminance
+    from ganx_dask.store import open_cube, to_zarr
+
+    _, lib, img = two_pigments
+    fx = det.DetectorEffects(pulse_pair_ns=300, dwell_ms=10, dead_time_model="nonparalyzable",
+                             dead_time_us=50, blur_fwhm_px=2.0)
+    kw = dict(seed=4, energy=AX64, counts=50, count_model="luminosity", n_start=2, delta=0,
+              fit_samples=2000, tile=32, engine="numpy")
+    ds = generate(img, lib, chunks=32, detector=fx, **kw)
+    assert ds.attrs["detector"] == fx.to_dict() == ds.attrs["parameters"]["detector"]
+    lt = ds["live_time"]
+    assert lt.dims == ("y", "x") and lt.dtype == np.float32 and lt.attrs["units"] == "s"
+    assert lt.attrs["dwell_time_s"] == pytest.approx(0.01)
+    # the blurred, piled-up cube does not depend on the chunking
+    big = generate(img, lib, chunks=64, detector=fx, **kw)
+    np.testing.assert_array_equal(ds["counts"].values, big["counts"].values)
+    store = to_zarr(ds, tmp_path / "fx.zarr", progress=False)
+    back = open_cube(store)
+    assert det.DetectorEffects.from_dict(back.attrs["detector"]) == fx
+    np.testing.assert_array_equal(back["live_time"].values, lt.values)
+    n = 50 * relative_luminance(img).astype(float) / 0.01  # true input rate, counts/s
+    np.testing.assert_allclose(lt.values, 0.01 / (1 + n * 50e-6), rtol=1e-6)
+    with pytest.raises(ConfigError, match="dead-time"):
+        generate(img, lib, chunks=32, detector=fx, **{**kw, "count_model": "fixed"})
+    plain = generate(img, lib, chunks=32, detector=None, **kw)
+    assert "live_time" not in plain and plain.attrs["detector"] is None
+
+
+def test_cli_generate_with_detector_options(two_pigments, tmp_path):
+    from ganx_dask.cli import main
+
+    d, _, _ = two_pigments
+    base = ["generate", str(d / "img.png"), "--library", str(d / "lib.json"), "--energy",
+            "0.5:38.5:64", "--counts", "30", "--chunk", "64", "--tile", "32", "--n-start", "2",
+            "--delta", "0", "--no-progress", "--count-model", "poisson"]
+    out = tmp_path / "cli.zarr"
+    assert main(base + ["-o", str(out), "--detector-preset", "lab-rh", "--blur-fwhm-px", "1.5",
+                        "--dead-time-model", "paralyzable", "--dead-time-us", "20"]) == 0
+    from ganx_dask.store import open_cube
+
+    ds = open_cube(out)
+    fx = det.DetectorEffects.from_dict(ds.attrs["detector"])
+    assert fx == det.DetectorEffects(pulse_pair_ns=300, dwell_ms=10, dead_time_model="paralyzable",
+                                     dead_time_us=20, blur_fwhm_px=1.5)
+    expected = 0.01 * math.exp(-30 / 0.01 * 20e-6)
+    np.testing.assert_allclose(ds["live_time"].values, expected, rtol=1e-6)
+    bad = tmp_path / "bad.zarr"
+    assert main(base + ["-o", str(bad), "--dead-time-model", "paralyzable",
+                        "--dead-time-us", "2"]) == 1  # no dwell time
+    assert not bad.exists()
+
+
+def test_blurred_element_maps_show_the_error_function(tmp_path):
+    """A sharp vermilion | azurite boundary, blurred: the Hg Lα and Cu Kα maps are erfc ramps."""
+    from ganx_dask.analysis import element_map
+    from ganx_dask.generator import generate
+    from ganx_dask.pigments import MeasuredSpectrum, Pigment, PigmentLibrary
+
+    axis = EnergyAxis(0.5, 38.5, 256)
+    spec = {}
+    for name, e in (("vermilion", 9.989), ("azurite", 8.048)):  # Hg Lα, Cu Kα
+        c = np.zeros(axis.n)
+        c[axis.index(e)[()]] = 1.0
+        spec[name] = MeasuredSpectrum(axis.edges, c)
+    lib = PigmentLibrary([Pigment("vermilion", (204, 52, 40), measured=spec["vermilion"]),
+                          Pigment("azurite", (46, 96, 160), measured=spec["azurite"])],
+                         name="edge", version="1")
+    h, w, x0, N, fwhm = 32, 64, 32, 200, 5.0
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:, :x0] = (204, 52, 40)
+    img[:, x0:] = (46, 96, 160)
+    ds = generate(img, lib, seed=3, energy=axis, counts=N, mode="nearest", n_start=2, delta=0,
+                  fit_samples=2000, chunks=32, tile=32, detector={"blur_fwhm_px": fwhm})
+    hg = element_map(ds, "Hg", "La").values.sum(axis=0)
+    cu = element_map(ds, "Cu", "Ka").values.sum(axis=0)
+    assert np.all(hg + cu == h * N)  # every photon is in one of the two maps
+    frac = hg / (h * N)
+    sigma = fwhm * det.FWHM_TO_SIGMA
+    expected = 0.5 * erfc((np.arange(w) - (x0 - 0.5)) / (sigma * math.sqrt(2)))
+    sd = np.sqrt(np.maximum(expected * (1 - expected), 1e-4) / (h * N))
+    trunc = 0.5 * erfc(3 / math.sqrt(2))
+    assert np.all(np.abs(frac - expected) < 4.5 * sd + trunc + 2e-3)
+    assert frac[x0 - 3] > 0.8 and frac[x0 + 2] < 0.2

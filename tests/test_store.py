@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import dask
@@ -81,6 +82,10 @@ def test_roundtrip_layout_and_flags(reference):
     assert store.RECORD not in ds.variables and ds.energy.attrs["units"] == "keV"
     assert store.is_complete(reference) and store.missing_regions(reference) == []
     assert not store.is_complete(reference.parent / "nothing.zarr")
+    with warnings.catch_warnings():  # consolidated metadata: a plain open_zarr is quiet
+        warnings.simplefilter("error")
+        plain = xr.open_zarr(reference)
+    assert plain.attrs["complete"] is True and plain.counts.shape == (H, W, E)
 
 
 def test_existing_store_untouched_without_overwrite(reference, tmp_path):
@@ -143,8 +148,10 @@ def test_interrupt_then_resume_is_byte_identical(reference, tmp_path):
     assert g.attrs["template_complete"] is True and g.attrs["complete"] is False
     missing = store.missing_regions(path)
     assert 0 < len(missing) < 12 and (1, 2) in missing
-    with pytest.warns(IncompleteStoreWarning):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         store.open_cube(path)
+    assert [w.category for w in caught] == [IncompleteStoreWarning]
     assert not store.is_complete(path)
     with pytest.raises(StoreExistsError):
         store.to_zarr(_dataset(), path)
@@ -220,6 +227,17 @@ def test_distributed_client(reference, tmp_path):
             distributed.Client(cluster):
         store.to_zarr(_dataset(), path, progress=True)
     assert _tree_hashes(path, True) == _tree_hashes(reference, True)
+
+
+def test_rewrite_an_opened_store(reference, tmp_path):
+    """A dataset read back (with the old store's encodings and flags) can be written again."""
+    src = store.open_cube(reference)
+    out = tmp_path / "copy.zarr"
+    store.to_zarr(src, out, region=128)
+    back = store.open_cube(out)
+    assert back.counts.encoding["chunks"] == (128, 128, E) and back.attrs["complete"] is True
+    np.testing.assert_array_equal(back.counts.values, src.counts.values)
+    assert back.attrs["fingerprint"] != src.attrs["fingerprint"]  # region size differs
 
 
 def test_open_cube_errors(tmp_path):

@@ -45,8 +45,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What to tell a user whose run was interrupted (the partial output is kept, never corrupt).
+_RESUME_HINT = {
+    "generate": "; the incomplete store is kept: finish it with --resume",
+    "mosaic": "; the incomplete store is kept: run the same command again to resume",
+    "batch": "; run the same command again: finished images are skipped",
+}
+
+
+def _one_line_warning(command: str):
+    """``warnings.formatwarning`` replacement: ``ganx-dask CMD: warning: message`` (no source)."""
+
+    def fmt(message, category, filename, lineno, line=None):  # noqa: ARG001 - warnings API
+        name = category.__name__
+        prefix = "" if category is UserWarning else f"{name}: "
+        return f"ganx-dask {command}: warning: {prefix}{message}\n"
+
+    return fmt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 1 error, 2 usage)."""
+    """Run the CLI; returns the process exit code (0 ok, 1 error, 2 usage, 130 interrupted).
+
+    Every user error (:class:`~ganx_dask.errors.GanxError`) and every operating-system error
+    (unreadable/unwritable path, disk full: ``OSError``) or ``MemoryError`` is printed as one
+    line ``ganx-dask COMMAND: error: ...`` on stderr with exit code 1, without a traceback
+    (``-v`` adds the traceback for OS/memory errors); warnings are printed as one line
+    ``ganx-dask COMMAND: warning: ...``; usage errors exit with 2 (argparse).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -54,13 +80,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     warnings.simplefilter("default")
+    old_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning(args.command)
     try:
         return int(args.func(args) or 0)
     except GanxError as exc:
         print(f"ganx-dask {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"ganx-dask {args.command}: interrupted", file=sys.stderr)
+        hint = _RESUME_HINT.get(args.command, "")
+        print(f"ganx-dask {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `ganx-dask pigments list | head`
         import os
@@ -68,6 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except (OSError, MemoryError) as exc:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        what = "out of memory: " if isinstance(exc, MemoryError) else ""
+        print(f"ganx-dask {args.command}: error: {what}{exc}", file=sys.stderr)
+        return 1
+    finally:
+        warnings.formatwarning = old_format
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -78,7 +78,8 @@ def register(subparsers) -> None:
                    help="only sum-spectrum metrics (needed when the spatial shapes differ)")
     c.add_argument("-o", "--output", default=None, metavar="DIR",
                    help="also write sum_spectra.png, flattened_a.png, flattened_b.png and "
-                        "compare.json there")
+                        "compare.json there (must not exist unless --overwrite)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     _reader_args(c, "")
     c.add_argument("--calibration-b", default=None, metavar="GAIN,OFFSET",
                    help="calibration of B when it differs from --calibration (A)")
@@ -287,7 +288,11 @@ def _staging(output: Path, overwrite: bool) -> Path:
     parent = output.resolve().parent
     if not parent.is_dir():
         raise GanxError(f"output directory's parent {parent} does not exist")
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
+    except OSError as exc:
+        raise GanxError(f"cannot write {output}: {parent} is not writable "
+                        f"({exc.strerror})") from None
 
 
 def _publish(tmp: Path, output: Path) -> None:
@@ -304,16 +309,16 @@ def _run_inspect(args) -> int:
     from ..cluster import scheduler_context
 
     output = Path(args.output)
-    with scheduler_context(args.scheduler):
-        ds = _open(args.store, args.dataset, args.calibration, args.mca_shape)
-        tmp = _staging(output, args.overwrite)
-        try:
+    tmp = _staging(output, args.overwrite)  # output problems surface before any work
+    try:
+        with scheduler_context(args.scheduler):
+            ds = _open(args.store, args.dataset, args.calibration, args.mca_shape)
             files, maps, spec = inspect_store(ds, tmp, elements=args.elements, width=args.width)
             write_inspect_report(ds, args.store, tmp, files, maps, spec)
             _publish(tmp, output)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(f"wrote {output}/report.md and {len(files)} figures: {', '.join(files)}")
     return 0
 
@@ -341,30 +346,28 @@ def _run_compare(args) -> int:
     from ..cluster import scheduler_context
 
     output = Path(args.output) if args.output else None
-    with scheduler_context(args.scheduler):
-        a = _open(args.a, args.dataset, args.calibration, args.mca_shape)
-        b = _open(args.b, args.dataset, args.calibration_b or args.calibration, args.mca_shape,
-                  opt="--calibration-b")
-        res = compare(a, b, energy=args.energy, spectral_only=args.spectral_only)
-        res["a"], res["b"] = str(args.a), str(args.b)
-        if output is not None:
-            tmp = _staging(output, True) if not output.exists() else None
-            target = tmp or output
-            try:
+    tmp = _staging(output, args.overwrite) if output is not None else None
+    try:
+        with scheduler_context(args.scheduler):
+            a = _open(args.a, args.dataset, args.calibration, args.mca_shape)
+            b = _open(args.b, args.dataset, args.calibration_b or args.calibration,
+                      args.mca_shape, opt="--calibration-b")
+            res = compare(a, b, energy=args.energy, spectral_only=args.spectral_only)
+            res["a"], res["b"] = str(args.a), str(args.b)
+            if tmp is not None:
                 plotting.sum_spectra({"A": sum_spectrum(a), "B": sum_spectrum(b)},
-                                     path=target / "sum_spectra.png",
+                                     path=tmp / "sum_spectra.png",
                                      title="normalised sum spectra")
                 plotting.flattened_image(flatten(a), title="A (flattened)",
-                                         path=target / "flattened_a.png")
+                                         path=tmp / "flattened_a.png")
                 plotting.flattened_image(flatten(b), title="B (flattened)",
-                                         path=target / "flattened_b.png")
-                (target / "compare.json").write_text(json.dumps(res, indent=2) + "\n")
-                if tmp is not None:
-                    _publish(tmp, output)
-            except BaseException:
-                if tmp is not None:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                raise
+                                         path=tmp / "flattened_b.png")
+                (tmp / "compare.json").write_text(json.dumps(res, indent=2) + "\n")
+                _publish(tmp, output)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if args.json:
         json.dump(res, sys.stdout, indent=2)
         print()

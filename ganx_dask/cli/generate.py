@@ -65,6 +65,27 @@ def register(subparsers) -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     g.add_argument("--engine", choices=("auto", "numpy", "numba"), default="auto",
                    help="sampler kernel; all give identical bits (default: %(default)s)")
+    g = p.add_argument_group(
+        "detector effects",
+        "pile-up, dead time and beam-spot blur in the Monte Carlo (all off by default; see "
+        "docs/detector.md)")
+    g.add_argument("--detector-preset", metavar="NAME",
+                   help="typical detector settings of an instrument class (lab-rh, lab-rh-50kv-al, "
+                        "lab-mo, lab-w, portable-ag); the options below override it; switches on "
+                        "pile-up and dead time (needs --count-model poisson or luminosity)")
+    g.add_argument("--pulse-pair-ns", type=float, metavar="NS",
+                   help="pile-up: pulse-pair resolution, ns (0 = off)")
+    g.add_argument("--pileup-rate", type=float, metavar="CPS",
+                   help="pile-up: true input count rate of a pixel with the nominal --counts, "
+                        "counts/s (alternative to --dwell-ms, which gives counts/dwell)")
+    g.add_argument("--dead-time-model", choices=("none", "nonparalyzable", "paralyzable"),
+                   help="dead-time model; adds live_time(y, x) in seconds to the store")
+    g.add_argument("--dead-time-us", type=float, metavar="US",
+                   help="dead time per recorded event, µs")
+    g.add_argument("--dwell-ms", type=float, metavar="MS",
+                   help="dwell (real) time per pixel, ms: sets the input rate counts/dwell")
+    g.add_argument("--blur-fwhm-px", type=float, metavar="PX",
+                   help="beam-spot blur: FWHM of the Gaussian spot, pixels (0 = off)")
     g = p.add_argument_group("pigments and matching")
     g.add_argument("--library", metavar="FILE",
                    help="pigment library JSON (ganx-dask format or a ganX database); "
@@ -154,6 +175,13 @@ def run(args: argparse.Namespace) -> int:
         library = load_library(args.library)
     lum = _load_map(args.luminosity_map) if args.luminosity_map else None
     counts = int(args.counts) if float(args.counts).is_integer() else args.counts
+    from ..detector import detector_from_options
+
+    detector = detector_from_options(
+        args.detector_preset, pulse_pair_ns=args.pulse_pair_ns, input_rate_cps=args.pileup_rate,
+        dead_time_model=args.dead_time_model, dead_time_us=args.dead_time_us,
+        dwell_ms=args.dwell_ms, blur_fwhm_px=args.blur_fwhm_px,
+    )
     with scheduler_context(args.scheduler, args.cluster_config):
         ds = generate(
             image, library, seed=args.seed, energy=args.energy, counts=counts,
@@ -161,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             similarity=args.similarity, mode=args.mode, n_start=args.n_start, delta=args.delta,
             patience=args.patience, score_batch=args.score_batch, fit_samples=args.fit_samples,
             chunks=args.chunk, tile=args.tile, instrument=args.instrument,
-            include_rgb=not args.no_rgb, engine=args.engine,
+            include_rgb=not args.no_rgb, engine=args.engine, detector=detector,
         )
         out = to_zarr(ds, args.output, overwrite=args.overwrite, resume=args.resume,
                       progress=not args.no_progress)

@@ -159,6 +159,24 @@ def _instrument(instrument):
     return instrument
 
 
+def _check_plot_path(path: Path, overwrite: bool) -> None:
+    """Raise before any work if ``path`` cannot receive a plot (format, existing file, folder)."""
+    from matplotlib.figure import Figure
+
+    from ..errors import StoreExistsError
+
+    supported = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in supported:
+        raise PigmentError(f"{path}: unsupported plot format {path.suffix!r} "
+                           f"(use one of {', '.join(sorted(supported))})")
+    if path.exists() and (path.is_dir() or not overwrite):
+        raise StoreExistsError(f"{path}: exists (pass --overwrite to replace it)"
+                               if not path.is_dir() else f"{path}: is a directory")
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise PigmentError(f"{path}: folder {path.parent} {what}")
+
+
 def plot_pigment_spectrum(pigment, path: str | os.PathLike, energy=DEFAULT_ENERGY,
                           instrument=None, *, overwrite: bool = False) -> Path:
     """Save a log-y plot of a pigment's spectrum with its main lines labelled (matplotlib Agg).
@@ -189,11 +207,8 @@ def plot_pigment_spectrum(pigment, path: str | os.PathLike, energy=DEFAULT_ENERG
     y = pigment.spectrum(ax_e, instrument)
     lines = main_lines(pigment, ax_e, instrument) if pigment.composition else []
 
+    _check_plot_path(path, overwrite)
     fig = Figure(figsize=(9, 4.8), dpi=100, layout="constrained")
-    supported = fig.canvas.get_supported_filetypes()
-    if path.suffix.lower().lstrip(".") not in supported:
-        raise PigmentError(f"{path}: unsupported plot format {path.suffix!r} "
-                           f"(use one of {', '.join(sorted(supported))})")
     ax = fig.add_subplot()
     positive = y[y > 0]
     floor = positive.min() if positive.size else 1e-12
@@ -272,6 +287,10 @@ def _cmd_show(args) -> int:
         raise PigmentError(f"no pigment {args.name!r} in library {lib.name!r} "
                            f"(see `ganx-dask pigments list`)") from None
     energy = as_energy_axis(args.energy)
+    # everything that can fail is checked before anything is printed
+    y = p.spectrum(energy, args.instrument)
+    if args.plot:
+        _check_plot_path(Path(args.plot), args.overwrite)
     print(p.name + (f"  (aliases: {', '.join(p.aliases)})" if p.aliases else ""))
     print(f"  colour       {_hex(p.rgb)}  RGB {tuple(p.rgb)}"
           + (f"  source: {p.rgb_source}" if p.rgb_source else ""))
@@ -302,7 +321,6 @@ def _cmd_show(args) -> int:
     if p.provenance:
         print(f"  provenance   {json.dumps(p.provenance, ensure_ascii=False, default=str)}")
 
-    y = p.spectrum(energy, args.instrument)
     edges = energy.edges if hasattr(energy, "edges") else energy
     if p.composition:
         inst = _instrument(args.instrument if args.instrument else lib.instrument)

@@ -255,15 +255,19 @@ def _atomic_output(path: Path, *, overwrite: bool, write) -> None:
     if path.exists() and not overwrite:
         raise StoreExistsError(f"{path}: exists (pass overwrite=True / --overwrite to replace it)")
     if not path.parent.is_dir():
-        raise PigmentError(f"{path}: folder {path.parent} does not exist")
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise PigmentError(f"{path}: folder {path.parent} {what}")
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
-        with open(tmp, "x"):  # created with the umask's permissions (not mkstemp's 0600)
-            pass
-        write(tmp)
-        if path.exists():
-            shutil.copymode(path, tmp)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "x"):  # created with the umask's permissions (not mkstemp's 0600)
+                pass
+            write(tmp)
+            if path.exists():
+                shutil.copymode(path, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:  # read-only folder, disk full...: name the file the user gave
+            raise GanxError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -772,16 +776,26 @@ def write_ganx_database(
         jtmp.write_text(text, encoding="utf-8")
         for tmp, final in tmp_files:
             os.replace(tmp, final)
+    except OSError as exc:  # read-only folder, a file in the way, disk full...
+        _cleanup_export(tmp_files, created_dirs)
+        raise GanxError(f"{directory}: cannot write the ganX database "
+                        f"({exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''})"
+                        ) from exc
     except BaseException:
-        for tmp, _ in tmp_files:
-            tmp.unlink(missing_ok=True)
-        for d in reversed(created_dirs):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+        _cleanup_export(tmp_files, created_dirs)
         raise
     return json_path
+
+
+def _cleanup_export(tmp_files: list[tuple[Path, Path]], created_dirs: list[Path]) -> None:
+    """Remove the temporary files and the folders a failed :func:`write_ganx_database` made."""
+    for tmp, _ in tmp_files:
+        tmp.unlink(missing_ok=True)
+    for d in reversed(created_dirs):
+        try:
+            d.rmdir()
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------------------------------------

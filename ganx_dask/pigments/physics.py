@@ -41,7 +41,7 @@ from scipy.special import log_ndtr, ndtr
 from threadpoolctl import ThreadpoolController
 
 from ..energy import axis_edges
-from ..errors import ConfigError, PigmentError
+from ..errors import ConfigError, EnergyAxisError, PigmentError
 
 __all__ = [
     "ANODES",
@@ -1173,9 +1173,25 @@ def render(components: SpectrumComponents, edges, instrument: Instrument | None 
         return _render_one(components, edges, instrument)
 
 
+def _check_axis_reached(components: list[SpectrumComponents], ed: np.ndarray) -> None:
+    """EnergyAxisError when the axis starts above every photon energy of the components (e.g.
+    50-60 keV with a 40 kV tube): the rows would be normalised numerical tails, not spectra."""
+    tops = [max(c.line_energy.max(initial=-np.inf), c.box_hi.max(initial=-np.inf))
+            for c in components]
+    emax = max(tops, default=-np.inf)
+    if np.isfinite(emax) and ed[0] >= emax:
+        kv = {getattr(c.instrument, "kv", None) for c in components} - {None}
+        tube = f"; tube {', '.join(f'{v:g}' for v in sorted(kv))} kV" if kv else ""
+        raise EnergyAxisError(
+            f"energy axis {ed[0]:g}-{ed[-1]:g} keV starts above the highest photon energy of "
+            f"the computed spectra ({emax:.4g} keV{tube}): no fluorescence or scatter reaches it"
+        )
+
+
 def _render_one(components: SpectrumComponents, edges, instrument) -> np.ndarray:
     inst = _as_instrument(instrument if instrument is not None else components.instrument)
     ed = _edges_of(edges)
+    _check_axis_reached([components], ed)
     out = np.zeros(ed.size - 1)
     if components.box_intensity.size:
         out += components.box_intensity @ _box_matrix(components.box_lo, components.box_hi, ed, inst)
@@ -1265,6 +1281,7 @@ def render_many(components: list[SpectrumComponents], edges,
 
 def _render_many(components: list[SpectrumComponents], edges, instrument) -> np.ndarray:
     ed = _edges_of(edges)
+    _check_axis_reached(components, ed)
     out = np.zeros((len(components), ed.size - 1))
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(components):

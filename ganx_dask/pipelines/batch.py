@@ -369,6 +369,20 @@ def _check_writable(output: str) -> None:
     probe(Path(output).expanduser().absolute())
 
 
+def _check_shared_inputs(gen: dict[str, Any], library_path: str | None):
+    """Validate the generation parameters and load + render the pigment library once.
+
+    Returns the loaded :class:`~ganx_dask.pigments.PigmentLibrary` (``None``: the default).
+    Raises the :class:`GanxError` that every image would otherwise fail with.
+    """
+    from ..generator import _resolve_library, _validate
+
+    ax = _validate({"seed": 0, "luminosity": None, **gen})
+    library = _resolve_library(library_path)
+    library.spectra(ax, gen.get("instrument"))  # unknown instrument, axes that do not overlap
+    return library if library_path is not None else None
+
+
 def run_batch(
     images: Sequence[str | os.PathLike] | None,
     output: str | os.PathLike | None,
@@ -436,7 +450,9 @@ def run_batch(
     gen = dict(cfg["generation"])
     library_path = gen.pop("library")
     params = _jsonable({"seed": cfg["seed"], "generation": gen, "library": library_path})
-    library = library_path  # generate() reads a library file itself
+    # inputs shared by every image are checked once, before the dataset is created or touched:
+    # a bad parameter, library file, instrument or energy axis fails the whole batch up front
+    library = _check_shared_inputs(gen, library_path)
 
     root, _ = _open_root(out, params, cfg["overwrite"])
     phash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]

@@ -143,6 +143,14 @@ def defaults(schema: Mapping[str, Any]) -> dict[str, Any]:
     return validate({}, schema, source="defaults")
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """One-line description of a YAML parse error: ``" at line L, column C: problem"``."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{where}: {' '.join(str(problem).split())}"
+
+
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML file that must contain a mapping (an empty file is an empty mapping).
 
@@ -159,8 +167,10 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"configuration file not found: {path}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text (YAML) file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -48,6 +49,8 @@ import xarray as xr
 
 from ..errors import ConfigError, GanxError, StoreExistsError
 from .config import Option, load_yaml, validate
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PAPER_SCHEMA", "run_paper", "load_paper_config", "staged_output", "demo_image_path"]
 
@@ -139,7 +142,11 @@ def staged_output(output: str | os.PathLike, overwrite: bool = False) -> Iterato
     parent = output.resolve().parent
     if not parent.is_dir():
         raise GanxError(f"parent directory {parent} of {output} does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:
+        raise GanxError(f"cannot write {output}: {parent} is not writable "
+                        f"({exc.strerror})") from None
     try:
         yield tmp
     except BaseException:
@@ -287,11 +294,13 @@ def run_paper(config=None, output: str | os.PathLike | None = None, *, small: bo
                           delta=gen["delta"], patience=gen["patience"],
                           score_batch=gen["score_batch"], chunks=chunks)
             store = tmp / f"fake_t{t:g}.zarr"
+            log.info("generating threshold %g -> %s", t, store.name)
             store_names.append(store.name)
             to_zarr(ds, store)
             cubes[lbl] = open_cube(store)
         first = cubes[labels[0]]
         # drawn once, chunk-wise, and stored: every table and figure reads the same cube
+        log.info("Poisson-noise reference (seed %d) -> poisson.zarr", pseed)
         noise = poisson_reference(first["counts"], pseed).to_dataset(name="counts")
         noise.attrs = {"seed": pseed, "reference_for": store_names[0],
                        "model": "per channel Poisson(n_pixel / E), ganx_dask.metrics"}
@@ -302,6 +311,7 @@ def run_paper(config=None, output: str | os.PathLike | None = None, *, small: bo
         specs = [parse_element(e, energy_c) for e in cfg["elements"]]
 
         # -- tables ------------------------------------------------------------------------
+        log.info("Table 1: sum spectra")
         sums = {k: np.asarray(sum_spectrum(v).values, dtype=float) for k, v in cubes.items()}
         flats = {k: flatten(v).data for k, v in cubes.items()}
         pairs = [(labels[0], labels[1]), (labels[0], "Poisson noise"),
@@ -310,6 +320,7 @@ def run_paper(config=None, output: str | os.PathLike | None = None, *, small: bo
         t1, t2 = {}, {}
         for (a, b), name in zip(pairs, names, strict=True):
             t1[name] = spectral_metrics(sums[a], sums[b])
+            log.info("Table 2: %s", name)
             t2[name] = {"ssim": ssim_fn(flats[a], flats[b])}
             try:
                 t2[name]["ms_ssim"] = ms_ssim_fn(flats[a], flats[b])
@@ -317,6 +328,7 @@ def run_paper(config=None, output: str | os.PathLike | None = None, *, small: bo
                 t2[name]["ms_ssim"] = None
 
         # -- figures -----------------------------------------------------------------------
+        log.info("figures")
         k = int(first.sizes["cluster"])
         plotting.rgb_comparison(first["rgb"], first["labels"], first["cluster_rgb"], k=k,
                                 title="Figure 1: original and clustered RGB",
