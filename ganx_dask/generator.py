@@ -34,12 +34,12 @@ from .energy import EnergyAxis, as_energy_axis
 from .errors import ConfigError, EnergyAxisError, GanxError, ImageError, PigmentError
 from .io import read_image
 from .matching import MATCH_MODES, cluster_distributions
+from .sampling import check_count_model, counts_dtype, sample_cube
 
 __all__ = ["generate", "relative_luminance", "ENGINES"]
 
 #: Sampler engines (see :mod:`ganx_dask.sampling`).
 ENGINES = ("auto", "numpy", "numba")
-_COUNT_MODELS = ("fixed", "poisson", "luminosity")
 
 
 def relative_luminance(rgb: np.ndarray) -> np.ndarray:
@@ -80,15 +80,7 @@ def _validate(p: dict) -> EnergyAxis | np.ndarray:
             f"invalid energy axis {p['energy']!r}: expected 'START:STOP:N' (keV, keV, channels) "
             f"or bin centres in keV ({exc})"
         ) from None
-    if p["count_model"] not in _COUNT_MODELS:
-        raise ConfigError(
-            f"unknown count model {p['count_model']!r}; choose one of {', '.join(_COUNT_MODELS)}"
-        )
-    c = p["counts"]
-    if isinstance(c, bool) or not isinstance(c, numbers.Real) or not np.isfinite(c) or c <= 0:
-        raise ConfigError(f"counts (photons per pixel) must be a positive number, got {c!r}")
-    if p["count_model"] == "fixed" and float(c) != int(c):
-        raise ConfigError(f"count model 'fixed' needs an integer number of counts, got {c!r}")
+    check_count_model(p["count_model"], p["counts"])
     if p["luminosity"] is not None and p["count_model"] != "luminosity":
         raise ConfigError("a luminosity map is only used with count_model='luminosity'")
     t = p["threshold"]
@@ -170,19 +162,22 @@ def _luminosity_scale(luminosity, img: xr.DataArray, chunks: int) -> tuple[da.Ar
         scale = img.data.map_blocks(relative_luminance, drop_axis=2, dtype=np.float32,
                                     meta=np.empty((0, 0), np.float32))
         return scale, 1.0
+    where = "luminosity map"
     if isinstance(luminosity, xr.DataArray):
+        if "source" in luminosity.attrs:
+            where = f"luminosity map {luminosity.attrs['source']}"
         if set(luminosity.dims) != {"y", "x"}:
-            raise ConfigError(f"luminosity map must have dims (y, x), got {luminosity.dims}")
+            raise ConfigError(f"{where} must have dims (y, x), got {luminosity.dims}")
         luminosity = luminosity.transpose("y", "x").data
     m = luminosity if isinstance(luminosity, da.Array) else np.asarray(luminosity)
     if m.shape != (ny, nx):
-        raise ConfigError(f"luminosity map has shape {m.shape}, the image is {(ny, nx)} (y, x)")
+        raise ConfigError(f"{where} has shape {m.shape}, the image is {(ny, nx)} (y, x)")
     if m.dtype.kind not in "biuf":
-        raise ConfigError(f"luminosity map must be numeric, got dtype {m.dtype}")
+        raise ConfigError(f"{where} must be numeric, got dtype {m.dtype}")
     lo, hi = (da.compute(da.min(m), da.max(m)) if isinstance(m, da.Array)
               else (np.min(m), np.max(m)))
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0:
-        raise ConfigError("luminosity map values must be finite and non-negative")
+        raise ConfigError(f"{where}: values must be finite and non-negative")
     arr = m if isinstance(m, da.Array) else da.from_array(m, chunks=(chunks, chunks))
     return arr.astype(np.float32).rechunk((chunks, chunks)), max(float(hi), 1e-12)
 
@@ -277,7 +272,6 @@ def generate(
     )
     ax = _validate(params)
     from .detector import as_detector, live_time_map
-    from .sampling import counts_dtype, sample_cube
 
     fx = as_detector(detector)
     if fx is not None and fx.dead_time and count_model == "fixed":

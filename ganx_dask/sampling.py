@@ -63,6 +63,8 @@ from .errors import ConfigError, GanxError
 __all__ = [
     "COUNT_MODELS",
     "DEFAULT_TILE",
+    "MAX_COUNTS_PER_PIXEL",
+    "check_count_model",
     "alias_tables",
     "counts_dtype",
     "tile_rng",
@@ -198,13 +200,44 @@ def _max_mean(count_model: str, counts: float, scale_max: float) -> float:
     return float(counts) * (float(scale_max) if count_model == "luminosity" else 1.0)
 
 
-def _check_model(count_model: str, counts: float) -> None:
+#: Largest mean number of photons per pixel accepted (the Monte Carlo draws every photon: one
+#: uniform each, and a 64-px tile row keeps ``64 * N`` of them in a scratch buffer).
+MAX_COUNTS_PER_PIXEL = 1_000_000
+
+
+def check_count_model(count_model: str, counts: float, *, scale_max: float = 1.0) -> None:
+    """Validate a count model and its photons per pixel.
+
+    Parameters
+    ----------
+    count_model : {"fixed", "poisson", "luminosity"}
+    counts : float
+        Photons per pixel (exact for ``fixed``, mean otherwise), counts.
+    scale_max : float
+        Largest per-pixel factor of the ``luminosity`` model.
+
+    Raises
+    ------
+    ConfigError
+        Unknown model, non-positive/non-finite counts, a non-integer ``fixed`` count, or more
+        than :data:`MAX_COUNTS_PER_PIXEL` expected photons in a pixel.
+    """
     if count_model not in COUNT_MODELS:
-        raise GanxError(f"count_model must be one of {COUNT_MODELS}, got {count_model!r}")
-    if not (np.isfinite(counts) and counts > 0):
-        raise GanxError(f"counts (photons per pixel) must be a positive number, got {counts!r}")
+        raise ConfigError(
+            f"unknown count model {count_model!r}; choose one of {', '.join(COUNT_MODELS)}"
+        )
+    if (isinstance(counts, bool) or not isinstance(counts, (int, float, np.integer, np.floating))
+            or not np.isfinite(counts) or counts <= 0):
+        raise ConfigError(f"counts (photons per pixel) must be a positive number, got {counts!r}")
     if count_model == "fixed" and float(counts) != int(counts):
-        raise GanxError(f"count_model 'fixed' needs an integer number of counts, got {counts!r}")
+        raise ConfigError(f"count model 'fixed' needs an integer number of counts, got {counts!r}")
+    lam = float(counts) * (float(scale_max) if count_model == "luminosity" else 1.0)
+    if lam > MAX_COUNTS_PER_PIXEL:
+        raise ConfigError(
+            f"counts: at most {MAX_COUNTS_PER_PIXEL:,} photons per pixel are supported "
+            f"(requested {lam:g}{' at the brightest pixel' if count_model == 'luminosity' else ''})"
+        )
+
 
 
 def counts_dtype(count_model: str, counts: float, *, scale_max: float = 1.0) -> np.dtype:
@@ -226,7 +259,7 @@ def counts_dtype(count_model: str, counts: float, *, scale_max: float = 1.0) -> 
         ``uint32``.  The kernels still check the drawn totals and raise ``OverflowError`` rather
         than wrap if a count ever does not fit.
     """
-    _check_model(count_model, counts)
+    check_count_model(count_model, counts, scale_max=scale_max)
     lam = _max_mean(count_model, counts, scale_max)
     bound = lam if count_model == "fixed" else lam + 12.0 * math.sqrt(lam) + 12.0
     if bound <= np.iinfo(np.uint16).max:
@@ -264,6 +297,33 @@ def _buffer(name: str, size: int, dtype) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # kernels
 # --------------------------------------------------------------------------------------------
+def _uniform_to_cell(u: np.ndarray, E: int) -> np.ndarray:
+    """Split uniforms into an alias cell ``floor(u·E)`` (returned, a scratch buffer) and a coin.
+
+    ``u`` is overwritten with the coin ``u·E − floor(u·E)`` in [0, 1).
+    """
+    idx = _buffer("idx", u.size, np.intp)
+    np.multiply(u, E, out=u)
+    idx[...] = u  # truncation == floor (u >= 0)
+    np.subtract(u, idx, out=u)
+    return idx
+
+
+def _alias_resolve(coin: np.ndarray, idx: np.ndarray, ptab: np.ndarray, atab: np.ndarray) -> None:
+    """In place: ``idx`` (flat table cells, row offsets included) becomes the drawn cell.
+
+    The alias method: keep the cell when ``coin < prob[cell]``, else take ``alias[cell]``.
+    """
+    m = idx.size
+    pg = _buffer("pg", m, np.float64)
+    al = _buffer("al", m, np.intp)
+    mask = _buffer("mask", m, np.bool_)
+    np.take(ptab.ravel(), idx, out=pg)
+    np.greater_equal(coin, pg, out=mask)
+    np.take(atab.ravel(), idx, out=al)
+    np.copyto(idx, al, where=mask)
+
+
 def _alias_count_numpy(
     u: np.ndarray, rows_k: np.ndarray, rows_pix: np.ndarray, nphot: np.ndarray | int,
     ptab: np.ndarray, atab: np.ndarray, E: int, npix: int,
@@ -275,26 +335,15 @@ def _alias_count_numpy(
     ``u`` is overwritten (it becomes the coin).
     """
     W = E + 1
-    m = u.size
-    idx = _buffer("idx", m, np.intp)
-    pg = _buffer("pg", m, np.float64)
-    al = _buffer("al", m, np.intp)
-    mask = _buffer("mask", m, np.bool_)
-    np.multiply(u, E, out=u)
-    idx[...] = u  # truncation == floor (u >= 0)
-    np.subtract(u, idx, out=u)  # coin in [0, 1)
+    idx = _uniform_to_cell(u, E)
     koff = rows_k.astype(np.intp) * W
     poff = rows_pix.astype(np.intp) * E - koff
     if np.isscalar(nphot):
-        n = int(nphot)
-        idx2 = idx.reshape(-1, n)
+        idx2 = idx.reshape(-1, int(nphot))
         idx2 += koff[:, None]
     else:
         idx += np.repeat(koff, nphot)
-    np.take(ptab.ravel(), idx, out=pg)
-    np.greater_equal(u, pg, out=mask)
-    np.take(atab.ravel(), idx, out=al)
-    np.copyto(idx, al, where=mask)
+    _alias_resolve(u, idx, ptab, atab)
     if np.isscalar(nphot):
         idx2 += poff[:, None]
     else:
@@ -311,21 +360,10 @@ def _alias_count_numpy_k(
     ``k_phot``: source cluster of each photon; ``rows_pix``/``nphot``: in-batch index and
     photons of each photon-emitting pixel.  ``u`` is overwritten.
     """
-    W = E + 1
-    m = u.size
-    idx = _buffer("idx", m, np.intp)
-    pg = _buffer("pg", m, np.float64)
-    al = _buffer("al", m, np.intp)
-    mask = _buffer("mask", m, np.bool_)
-    koff = k_phot.astype(np.intp) * W
-    np.multiply(u, E, out=u)
-    idx[...] = u
-    np.subtract(u, idx, out=u)
+    idx = _uniform_to_cell(u, E)
+    koff = k_phot.astype(np.intp) * (E + 1)
     idx += koff
-    np.take(ptab.ravel(), idx, out=pg)
-    np.greater_equal(u, pg, out=mask)
-    np.take(atab.ravel(), idx, out=al)
-    np.copyto(idx, al, where=mask)
+    _alias_resolve(u, idx, ptab, atab)
     idx -= koff
     if np.isscalar(nphot):
         idx.reshape(-1, int(nphot))[...] += (rows_pix.astype(np.intp) * E)[:, None]
@@ -788,7 +826,7 @@ def sample_cube(
     dask.array (y, x, E)
         Counts, chunks ``labels.chunks + ((E,),)``; nothing is computed here.
     """
-    _check_model(count_model, counts)
+    check_count_model(count_model, counts)
     if not isinstance(tile, int | np.integer) or tile < 1:
         raise GanxError(f"tile must be a positive integer, got {tile!r}")
     if int(seed) != seed or seed < 0:

@@ -159,3 +159,21 @@ def test_existing_store_untouched_without_overwrite(files, tmp_path, capsys):
 def test_demo_and_image_are_exclusive(files, tmp_path, capsys):
     assert main(["generate", "-o", str(tmp_path / "x.zarr")]) == 1
     assert "IMAGE or --demo" in capsys.readouterr().err
+
+
+def test_bad_luminosity_map_errors_name_the_file(files, tmp_path, capsys):
+    bad = tmp_path / "garbage.npy"
+    bad.write_bytes(b"this is not a numpy file")
+    out = tmp_path / "lum.zarr"
+    assert main(_base(files, out, "--count-model", "luminosity",
+                      "--luminosity-map", str(bad))) == 1
+    err = capsys.readouterr().err
+    assert "garbage.npy" in err and "not a numpy .npy array" in err
+    assert not out.exists()
+    wrong = tmp_path / "wrong_shape.npy"
+    np.save(wrong, np.ones((3, 3)))
+    assert main(_base(files, out, "--count-model", "luminosity",
+                      "--luminosity-map", str(wrong))) == 1
+    err = capsys.readouterr().err
+    assert "wrong_shape.npy" in err and "(3, 3)" in err
+    assert not out.exists()

@@ -227,6 +227,8 @@ def test_determinism_localcluster_processes(lib):
     ({"counts": 0}, ConfigError, "counts"),
     ({"counts": -5}, ConfigError, "counts"),
     ({"counts": 10.5}, ConfigError, "integer"),
+    ({"counts": 2_000_000}, ConfigError, "at most 1,000,000 photons"),
+    ({"counts": 1e9, "count_model": "poisson"}, ConfigError, "at most"),
     ({"chunks": 96}, ConfigError, "multiple of the 64-px"),
     ({"count_model": "gauss"}, ConfigError, "count model"),
     ({"similarity": "cmc"}, ConfigError, "similarity"),

@@ -141,6 +141,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def _load_map(path: str):
     import numpy as np
+    import xarray as xr
 
     from ..errors import ConfigError
 
@@ -149,13 +150,18 @@ def _load_map(path: str):
         raise ConfigError(f"luminosity map not found: {p}")
     if p.suffix.lower() == ".npy":
         try:
-            return np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{p}: cannot read the luminosity map ({exc})") from None
-    from ..io import read_image
+            arr = np.load(p, allow_pickle=False)
+        except (OSError, ValueError):
+            raise ConfigError(f"{p}: not a numpy .npy array file (luminosity map)") from None
+        if arr.ndim != 2:
+            raise ConfigError(f"{p}: luminosity map must be a 2-D (y, x) array, got shape {arr.shape}")
+        m = xr.DataArray(arr, dims=("y", "x"))
+    else:
+        from ..io import read_image
 
-    img = read_image(p)
-    return img.astype("float32").mean("channel") / 255.0
+        m = read_image(p).astype("float32").mean("channel") / 255.0
+    m.attrs["source"] = str(p)
+    return m
 
 
 def run(args: argparse.Namespace) -> int:
