@@ -14,6 +14,17 @@ import numpy as np
 __all__ = ["alias_count", "alias_count_k", "psf_sources", "pileup_correct"]
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _draw(ui: float, kw: int, E: int, pf: np.ndarray, af: np.ndarray) -> int:
+    """Channel of one photon: alias cell ``floor(ui·E)`` of table row ``kw // W``, or its alias."""
+    x = ui * E
+    j = np.intp(x)
+    f = x - j
+    a = kw + j
+    al = af[a]  # load both outcomes: a select instead of an unpredictable branch
+    return (al if f >= pf[a] else a) - kw
+
+
 @numba.njit(cache=True, nogil=True)
 def alias_count(
     u: np.ndarray, lab: np.ndarray, tot: np.ndarray, ptab: np.ndarray, atab: np.ndarray,
@@ -47,13 +58,7 @@ def alias_count(
             kw = lab[r, c] * W
             row = out[r, c]
             for _ in range(n):
-                x = u[i] * E
-                j = np.intp(x)
-                f = x - j
-                a = kw + j
-                al = af[a]  # load both outcomes: a select instead of an unpredictable branch
-                a = al if f >= pf[a] else a
-                row[a - kw] += 1
+                row[_draw(u[i], kw, E, pf, af)] += 1
                 i += 1
 
 
@@ -84,14 +89,7 @@ def alias_count_k(
         for c in range(tot.shape[1]):
             row = out[r, c]
             for _ in range(tot[r, c]):
-                kw = kph[i] * W
-                x = u[i] * E
-                j = np.intp(x)
-                f = x - j
-                a = kw + j
-                al = af[a]  # a select instead of an unpredictable branch (as alias_count)
-                a = al if f >= pf[a] else a
-                row[a - kw] += 1
+                row[_draw(u[i], kph[i] * W, E, pf, af)] += 1
                 i += 1
 
 

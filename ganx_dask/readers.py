@@ -285,7 +285,9 @@ def open_xarray(path, *, variable: str = "counts", energy=None, gain: float | No
 
 # --------------------------------------------------------------------------- Amptek MCA
 def read_mca(path) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
-    """Read one Amptek ``.mca`` text spectrum.
+    """Read one Amptek ``.mca`` text spectrum of a scan pixel.
+
+    Parsing is :func:`ganx_dask.pigments.formats.parse_mca` (shared with pigment spectra).
 
     Returns
     -------
@@ -299,54 +301,20 @@ def read_mca(path) -> tuple[np.ndarray, tuple[float, float] | None, dict]:
     Raises
     ------
     GanxError
-        No ``<<DATA>>`` section or a non-numeric data line (the message names file and line).
+        Not an MCA file, no ``<<DATA>>`` section or a non-numeric data line (the message names
+        file and line).
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="latin-1")
-    except OSError as exc:
-        raise GanxError(f"{path}: cannot read ({exc})") from None
-    section, meta, cal, data = None, {}, [], []
-    cal_scale = 1.0
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        if not line:
-            continue
-        m = re.fullmatch(r"<<(.+?)>>", line)
-        if m:
-            section = m.group(1).strip().upper()
-            if section == "END":
-                break
-            continue
-        if section == "PMCA SPECTRUM" and " - " in line:
-            k, v = line.split(" - ", 1)
-            meta[k.strip().upper()] = v.strip()
-        elif section == "CALIBRATION":
-            if line.upper().startswith("LABEL"):
-                unit = line.split("-", 1)[-1].strip().lower()
-                cal_scale = 1e-3 if unit == "ev" else 1.0
-                continue
-            parts = line.split()
-            try:
-                cal.append((float(parts[0]), float(parts[1]) * cal_scale))
-            except (ValueError, IndexError):
-                raise GanxError(f"{path}:{lineno}: bad calibration line {line!r}") from None
-        elif section == "DATA":
-            try:
-                data.append(int(float(line)))
-            except ValueError:
-                raise GanxError(f"{path}:{lineno}: non-numeric data line {line!r}") from None
-    if not data:
-        raise GanxError(f"{path}: no <<DATA>> section (not an Amptek .mca file?)")
+    from .pigments.formats import parse_mca
+
+    data, pts, meta = parse_mca(path)
     calibration = None
-    if len(cal) >= 2:
-        ch, en = np.array(cal).T
-        gain, offset = np.polyfit(ch, en, 1)
+    if pts.shape[0] >= 2:
+        gain, offset = np.polyfit(pts[:, 0], pts[:, 1], 1)
         calibration = (float(gain), float(offset))
-    elif len(cal) == 1:
+    elif pts.shape[0] == 1:
         warnings.warn(f"{path}: a single calibration point cannot define gain and offset",
                       stacklevel=2)
-    return np.asarray(data, dtype=np.int64), calibration, meta
+    return data.astype(np.int64), calibration, meta
 
 
 def _mca_index(files: list[Path], layout: str, shape, where: str) -> tuple[np.ndarray, tuple]:

@@ -177,3 +177,20 @@ def test_bad_luminosity_map_errors_name_the_file(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "wrong_shape.npy" in err and "(3, 3)" in err
     assert not out.exists()
+
+
+def test_pigments_subset_option(tmp_path, capsys):
+    import xarray as xr
+
+    out = tmp_path / "paper.zarr"
+    args = ["generate", "--demo", "-o", str(out), "--energy", "0.5:38.5:64", "--counts", "5",
+            "--n-start", "3", "--delta", "1", "--fit-samples", "2000", "--no-progress"]
+    assert main(args + ["--pigments", "paper"]) == 0
+    ds = xr.open_zarr(out)
+    assert list(ds.pigment.values) == ["minium", "vermilion", "red lake", "lead-tin yellow I",
+                                       "natural ultramarine", "azurite", "indigo", "malachite",
+                                       "chalk"]
+    out2 = tmp_path / "bad.zarr"
+    assert main(args[:3] + [str(out2)] + args[4:] + ["--pigments", "vermilion,unobtainium"]) == 1
+    assert "'unobtainium' not in library" in capsys.readouterr().err
+    assert not out2.exists()

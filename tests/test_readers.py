@@ -97,7 +97,7 @@ def test_mca_folder_yx_and_raster(tmp_path, cube):
 def test_read_mca_errors(tmp_path):
     bad = tmp_path / "bad.mca"
     bad.write_text("<<PMCA SPECTRUM>>\n<<DATA>>\n1\nx\n<<END>>\n")
-    with pytest.raises(GanxError, match="bad.mca:4: non-numeric"):
+    with pytest.raises(GanxError, match="bad.mca, line 4: <<DATA>> expects one count"):
         R.read_mca(bad)
 
 

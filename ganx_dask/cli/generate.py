@@ -90,6 +90,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--library", metavar="FILE",
                    help="pigment library JSON (ganx-dask format or a ganX database); "
                         "default: the bundled library")
+    g.add_argument("--pigments", metavar="NAMES",
+                   help="use only these pigments of the library: comma-separated names or "
+                        "aliases (case-insensitive), or 'paper' for the ganX paper's nine "
+                        "(default: all)")
     g.add_argument("--instrument", metavar="PRESET",
                    help="instrument preset for computed spectra, e.g. lab-rh, portable-ag "
                         "(default: the library's reference instrument, Rh tube 40 kV)")
@@ -139,6 +143,32 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def select_pigments(library, names: str):
+    """The sub-library named by ``--pigments`` (``"paper"`` = the ganX paper's nine pigments).
+
+    Raises
+    ------
+    PigmentError
+        A name that is not in the library (the message lists how to see the names).
+    """
+    from ..errors import PigmentError
+    from ..pigments import default_library
+    from ..pigments.library import PAPER_PIGMENTS
+
+    lib = default_library() if library is None else library
+    wanted = (list(PAPER_PIGMENTS) if names.strip().lower() == "paper"
+              else [n.strip() for n in names.split(",") if n.strip()])
+    if not wanted:
+        raise PigmentError("--pigments: no pigment names given")
+    missing = [n for n in wanted if n not in lib]
+    if missing:
+        raise PigmentError(
+            f"--pigments: {', '.join(repr(m) for m in missing)} not in library {lib.name!r} "
+            "(see `ganx-dask pigments list`)"
+        )
+    return lib.select(wanted)
+
+
 def _load_map(path: str):
     import numpy as np
     import xarray as xr
@@ -179,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         from ..pigments.formats import load_library
 
         library = load_library(args.library)
+    if args.pigments:
+        library = select_pigments(library, args.pigments)
     lum = _load_map(args.luminosity_map) if args.luminosity_map else None
     counts = int(args.counts) if float(args.counts).is_integer() else args.counts
     from ..detector import detector_from_options

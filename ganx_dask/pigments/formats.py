@@ -99,6 +99,7 @@ __all__ = [
     "read_library",
     "write_library",
     "load_library",
+    "parse_mca",
     "read_ganx_database",
     "write_ganx_database",
     "read_spectrum",
@@ -881,7 +882,29 @@ def _read_csv(path: Path, cal) -> tuple[np.ndarray, np.ndarray, str]:
     return edges, counts, "CSV"
 
 
-def _read_mca(path: Path, cal) -> tuple[np.ndarray, np.ndarray, str]:
+def parse_mca(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+    """Parse an Amptek ``.mca`` text spectrum (``<<PMCA SPECTRUM>>`` ... ``<<END>>``).
+
+    Used for pigment spectra (:func:`read_spectrum`) and per-pixel scans
+    (:func:`ganx_dask.readers.open_mca_folder`); the counts are not validated here (a pixel of a
+    scan may well be all zero).
+
+    Returns
+    -------
+    counts : numpy.ndarray
+        Counts per channel (float64).
+    calibration_points : numpy.ndarray
+        ``(n, 2)`` array of ``(channel, energy keV)`` from ``<<CALIBRATION>>`` (eV converted).
+    header : dict
+        ``<<PMCA SPECTRUM>>`` entries, upper-case keys (``"LIVE_TIME"``...), string values.
+
+    Raises
+    ------
+    PigmentError
+        Not an MCA file, bad calibration or data line, missing/unterminated ``<<DATA>>``; the
+        message names the file and line.
+    """
+    path = Path(path)
     lines = [ln.strip() for ln in _read_text(path)]
     nonblank = [ln for ln in lines if ln]
     if not nonblank or nonblank[0].upper() != "<<PMCA SPECTRUM>>":
@@ -923,9 +946,13 @@ def _read_mca(path: Path, cal) -> tuple[np.ndarray, np.ndarray, str]:
     if not ended:
         raise PigmentError(f"{path}: <<DATA>> section not terminated by <<END>> "
                            f"(truncated file?)")
-    counts = _validate_counts(np.asarray(data), f"{path}: <<DATA>>")
+    return np.asarray(data, dtype=float), np.asarray(cal_pts, dtype=float).reshape(-1, 2), header
+
+
+def _read_mca(path: Path, cal) -> tuple[np.ndarray, np.ndarray, str]:
+    data, pts, header = parse_mca(path)
+    counts = _validate_counts(data, f"{path}: <<DATA>>")
     if cal is None:
-        pts = np.asarray(cal_pts, dtype=float).reshape(-1, 2)
         if pts.shape[0] < 2 or np.ptp(pts[:, 0]) == 0:
             raise PigmentError(f"{path}: <<CALIBRATION>> needs at least 2 points (channel, keV) "
                                f"with different channels, found {pts.shape[0]}; or pass "

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, GanxError, ImageError
-from .config import Option, load_yaml, validate
+from .config import Option, load_config, validate
 
 __all__ = [
     "BATCH_SCHEMA",
@@ -125,28 +125,12 @@ def load_batch_config(
     ConfigError
         Unknown key or wrong type (naming the dotted key), missing or malformed file.
     """
-    if config is None:
-        return validate({}, batch_schema(), source="batch defaults")
-    if isinstance(config, Mapping):
-        return validate(config, batch_schema(), source="batch config")
-    path = os.fspath(config)
-    cfg = validate(load_yaml(path), batch_schema(), source=path)
-    base = os.path.dirname(os.path.abspath(path))
-
-    def rel(p: str) -> str:
-        p = os.path.expanduser(p)
-        return p if os.path.isabs(p) else os.path.join(base, p)
-
-    for key in ("output", "cluster_config"):
-        if cfg[key] is not None:
-            cfg[key] = rel(cfg[key])
-    if cfg["generation"]["library"] is not None:
-        cfg["generation"]["library"] = rel(cfg["generation"]["library"])
-    if cfg["images"] is not None:
-        imgs = [cfg["images"]] if isinstance(cfg["images"], str) else cfg["images"]
-        if not all(isinstance(i, str) for i in imgs):
-            raise ConfigError(f"{path}: key 'images' must be a string or a list of strings")
-        cfg["images"] = [rel(i) for i in imgs]
+    cfg = load_config(config, batch_schema(), name="batch",
+                      path_keys=("images", "output", "cluster_config", "generation.library"))
+    if isinstance(cfg["images"], str):
+        cfg["images"] = [cfg["images"]]
+    if cfg["images"] is not None and not all(isinstance(i, str) for i in cfg["images"]):
+        raise ConfigError(f"{config}: key 'images' must be a string or a list of strings")
     return cfg
 
 

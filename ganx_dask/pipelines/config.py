@@ -178,11 +178,55 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | os.PathLike | None, schema: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`load_yaml` then :func:`validate` (``path=None`` gives the defaults)."""
-    if path is None:
-        return defaults(schema)
-    return validate(load_yaml(path), schema, source=os.fspath(path))
+def _relative_to(base: str, value: Any) -> Any:
+    """``value`` (a path, a list of paths or None) with relative paths joined to ``base``."""
+    if isinstance(value, str):
+        p = os.path.expanduser(value)
+        return p if os.path.isabs(p) else os.path.join(base, p)
+    if isinstance(value, list):
+        return [_relative_to(base, v) for v in value]
+    return value
+
+
+def load_config(
+    config: str | os.PathLike | Mapping[str, Any] | None,
+    schema: Mapping[str, Any],
+    *,
+    name: str = "config",
+    path_keys: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Validate a config given as a YAML file, a mapping, or ``None`` (the defaults).
+
+    Parameters
+    ----------
+    config : path, mapping or None
+    schema : mapping
+        The schema (:class:`Option` leaves, nested sections).
+    name : str
+        What the config is, for messages (``"batch"`` -> ``"batch defaults"``).
+    path_keys : tuple of str
+        Dotted keys holding paths (or lists of paths): in a *file*, relative ones are taken
+        relative to the file's folder.
+
+    Raises
+    ------
+    ConfigError
+        Unknown key or wrong type (naming the dotted key), missing or malformed file.
+    """
+    if config is None:
+        return validate({}, schema, source=f"{name} defaults")
+    if isinstance(config, Mapping):
+        return validate(config, schema, source=f"{name} config")
+    path = os.fspath(config)
+    cfg = validate(load_yaml(path), schema, source=path)
+    base = os.path.dirname(os.path.abspath(path))
+    for dotted in path_keys:
+        *parents, leaf = dotted.split(".")
+        section = cfg
+        for key in parents:
+            section = section[key]
+        section[leaf] = _relative_to(base, section[leaf])
+    return cfg
 
 
 def describe(schema: Mapping[str, Any], prefix: str = "") -> str:

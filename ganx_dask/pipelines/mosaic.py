@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ConfigError, GanxError, StoreExistsError
 from .batch import _check_writable, generation_schema
-from .config import Option, load_yaml, validate
+from .config import Option, load_config, validate
 
 __all__ = ["MOSAIC_SCHEMA", "MosaicReport", "mosaic_schema", "load_mosaic_config", "run_mosaic"]
 
@@ -49,20 +49,8 @@ def load_mosaic_config(config: str | os.PathLike | Mapping[str, Any] | None) -> 
     ConfigError
         Unknown key or wrong type (naming the dotted key), missing or malformed file.
     """
-    if config is None:
-        return validate({}, mosaic_schema(), source="mosaic defaults")
-    if isinstance(config, Mapping):
-        return validate(config, mosaic_schema(), source="mosaic config")
-    path = os.fspath(config)
-    cfg = validate(load_yaml(path), mosaic_schema(), source=path)
-    base = os.path.dirname(os.path.abspath(path))
-    for key in ("image", "output", "cluster_config"):
-        if cfg[key] is not None and not os.path.isabs(os.path.expanduser(cfg[key])):
-            cfg[key] = os.path.join(base, cfg[key])
-    lib = cfg["generation"]["library"]
-    if lib is not None and not os.path.isabs(os.path.expanduser(lib)):
-        cfg["generation"]["library"] = os.path.join(base, lib)
-    return cfg
+    return load_config(config, mosaic_schema(), name="mosaic",
+                       path_keys=("image", "output", "cluster_config", "generation.library"))
 
 
 @dataclass
