@@ -14,15 +14,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from ..errors import GanxError, StoreExistsError
+from ..errors import GanxError
 
 __all__ = ["register", "inspect_store", "write_inspect_report", "default_elements",
            "format_compare"]
@@ -282,43 +280,16 @@ def _version() -> str:
     return __version__
 
 
-def _staging(output: Path, overwrite: bool) -> Path:
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise StoreExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
-    parent = output.resolve().parent
-    if not parent.is_dir():
-        raise GanxError(f"output directory's parent {parent} does not exist")
-    try:
-        return Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=parent))
-    except OSError as exc:
-        raise GanxError(f"cannot write {output}: {parent} is not writable "
-                        f"({exc.strerror})") from None
-
-
-def _publish(tmp: Path, output: Path) -> None:
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(tmp, output)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    else:
-        os.replace(tmp, output)
-
-
 def _run_inspect(args) -> int:
+    from .._staging import staged_output
     from ..cluster import scheduler_context
 
     output = Path(args.output)
-    tmp = _staging(output, args.overwrite)  # output problems surface before any work
-    try:
-        with scheduler_context(args.scheduler):
-            ds = _open(args.store, args.dataset, args.calibration, args.mca_shape)
-            files, maps, spec = inspect_store(ds, tmp, elements=args.elements, width=args.width)
-            write_inspect_report(ds, args.store, tmp, files, maps, spec)
-            _publish(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # output problems surface before any work; the directory appears only when complete
+    with staged_output(output, args.overwrite) as tmp, scheduler_context(args.scheduler):
+        ds = _open(args.store, args.dataset, args.calibration, args.mca_shape)
+        files, maps, spec = inspect_store(ds, tmp, elements=args.elements, width=args.width)
+        write_inspect_report(ds, args.store, tmp, files, maps, spec)
     print(f"wrote {output}/report.md and {len(files)} figures: {', '.join(files)}")
     return 0
 
@@ -342,32 +313,26 @@ def format_compare(res: dict, name_a: str, name_b: str) -> str:
 
 def _run_compare(args) -> int:
     from .. import plotting
+    from .._staging import staged_output
     from ..analysis import compare, flatten, sum_spectrum
     from ..cluster import scheduler_context
 
-    output = Path(args.output) if args.output else None
-    tmp = _staging(output, args.overwrite) if output is not None else None
-    try:
-        with scheduler_context(args.scheduler):
-            a = _open(args.a, args.dataset, args.calibration, args.mca_shape)
-            b = _open(args.b, args.dataset, args.calibration_b or args.calibration,
-                      args.mca_shape, opt="--calibration-b")
-            res = compare(a, b, energy=args.energy, spectral_only=args.spectral_only)
-            res["a"], res["b"] = str(args.a), str(args.b)
-            if tmp is not None:
-                plotting.sum_spectra({"A": sum_spectrum(a), "B": sum_spectrum(b)},
-                                     path=tmp / "sum_spectra.png",
-                                     title="normalised sum spectra")
-                plotting.flattened_image(flatten(a), title="A (flattened)",
-                                         path=tmp / "flattened_a.png")
-                plotting.flattened_image(flatten(b), title="B (flattened)",
-                                         path=tmp / "flattened_b.png")
-                (tmp / "compare.json").write_text(json.dumps(res, indent=2) + "\n")
-                _publish(tmp, output)
-    except BaseException:
+    staging = (staged_output(args.output, args.overwrite) if args.output
+               else contextlib.nullcontext(None))
+    with staging as tmp, scheduler_context(args.scheduler):
+        a = _open(args.a, args.dataset, args.calibration, args.mca_shape)
+        b = _open(args.b, args.dataset, args.calibration_b or args.calibration,
+                  args.mca_shape, opt="--calibration-b")
+        res = compare(a, b, energy=args.energy, spectral_only=args.spectral_only)
+        res["a"], res["b"] = str(args.a), str(args.b)
         if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            plotting.sum_spectra({"A": sum_spectrum(a), "B": sum_spectrum(b)},
+                                 path=tmp / "sum_spectra.png", title="normalised sum spectra")
+            plotting.flattened_image(flatten(a), title="A (flattened)",
+                                     path=tmp / "flattened_a.png")
+            plotting.flattened_image(flatten(b), title="B (flattened)",
+                                     path=tmp / "flattened_b.png")
+            (tmp / "compare.json").write_text(json.dumps(res, indent=2) + "\n")
     if args.json:
         json.dump(res, sys.stdout, indent=2)
         print()

@@ -33,26 +33,24 @@ paper's configuration; ``--small`` is the CI size).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import json
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from ..errors import ConfigError, GanxError, StoreExistsError
+from .._staging import staged_output
+from ..errors import ConfigError, GanxError
 from .config import Option, load_yaml, validate
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PAPER_SCHEMA", "run_paper", "load_paper_config", "staged_output", "demo_image_path"]
+__all__ = ["PAPER_SCHEMA", "run_paper", "load_paper_config", "demo_image_path"]
 
 _PAPER = ("minium", "vermilion", "red lake", "lead-tin yellow I", "natural ultramarine",
           "azurite", "indigo", "malachite", "chalk")
@@ -127,41 +125,6 @@ def load_paper_config(config: str | os.PathLike | Mapping | None) -> dict[str, A
         except GanxError as exc:
             raise ConfigError(f"{source}: key 'elements': {exc}") from None
     return cfg
-
-
-@contextlib.contextmanager
-def staged_output(output: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Write a whole output directory under a temporary name; publish it only on success.
-
-    An existing non-empty ``output`` raises :class:`StoreExistsError` unless ``overwrite``; it is
-    left untouched if anything fails.
-    """
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise StoreExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
-    parent = output.resolve().parent
-    if not parent.is_dir():
-        raise GanxError(f"parent directory {parent} of {output} does not exist")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=parent))
-    except OSError as exc:
-        raise GanxError(f"cannot write {output}: {parent} is not writable "
-                        f"({exc.strerror})") from None
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if output.exists():
-        old = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, old)
-        os.replace(tmp, output)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-    else:
-        os.replace(tmp, output)
 
 
 def _load_image(cfg: dict, small: bool) -> tuple[np.ndarray, str]:

@@ -1,0 +1,73 @@
+"""Output directories that appear only when complete (reports, figures, paper tables).
+
+Everything is written under a hidden temporary name beside the target and renamed into place
+on success, so a failed or interrupted command never leaves a half-written directory and never
+touches an existing one it was not allowed to replace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import GanxError, StoreExistsError
+
+__all__ = ["staged_output"]
+
+
+@contextlib.contextmanager
+def staged_output(output: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Write a whole output directory under a temporary name; publish it only on success.
+
+    Parameters
+    ----------
+    output : path-like
+        The directory to produce.
+    overwrite : bool
+        Replace an existing non-empty ``output`` (only once the new one is complete).
+
+    Yields
+    ------
+    pathlib.Path
+        The staging directory to write into.
+
+    Raises
+    ------
+    StoreExistsError
+        ``output`` exists, is not empty, and ``overwrite`` is false (checked before any work).
+    GanxError
+        The parent directory does not exist or is not writable.
+    """
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise StoreExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
+    parent = output.resolve().parent
+    if not parent.is_dir():
+        raise GanxError(f"parent directory {parent} of {output} does not exist")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=parent))
+    except OSError as exc:
+        raise GanxError(f"cannot write {output}: {parent} is not writable "
+                        f"({exc.strerror})") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result is an ordinary directory
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if output.exists():
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, old)
+        os.replace(tmp, output)
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+    else:
+        os.replace(tmp, output)
