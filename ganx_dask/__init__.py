@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 
+from . import analysis as _analysis  # noqa: F401  (registers the ``ds.xrf`` accessor)
 from ._version import __version__
 from .energy import EnergyAxis
 
