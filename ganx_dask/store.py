@@ -50,6 +50,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
+from dask.base import tokenize
 from zarr.codecs import BloscCodec
 
 from .errors import GanxError, IncompleteStoreWarning, StoreExistsError
@@ -402,9 +403,12 @@ def to_zarr(
         log.warning("resuming %s: computing %d of %d regions", target, len(todo), done.size)
     blocks = ds[CUBE].data.to_delayed()
     write = dask.delayed(_write_region, pure=True)
+    # keys unique per target: two stores of identical content written at once on one
+    # distributed cluster must not share (and so skip) each other's write tasks
+    token = tokenize(fp, str(path.resolve()), group)
     tasks = [
         write(blocks[ry, rx, 0], str(path), group, ry, rx, ry * reg[0], rx * reg[1],
-              dask_key_name=f"ganx-write-region-{fp[:12]}-{ry}-{rx}")
+              dask_key_name=f"ganx-write-region-{token}-{ry}-{rx}")
         for ry, rx in todo
     ]
     if tasks:
