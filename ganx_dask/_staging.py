@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,14 +48,18 @@ def staged_output(output: str | os.PathLike, overwrite: bool = False) -> Iterato
     parent = output.resolve().parent
     if not parent.is_dir():
         raise GanxError(f"parent directory {parent} of {output} does not exist")
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=parent))
-    except OSError as exc:
-        raise GanxError(f"cannot write {output}: {parent} is not writable "
-                        f"({exc.strerror})") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the result is an ordinary directory
+    # os.mkdir applies the umask (mkdtemp would make 0700, and reading the umask with
+    # os.umask() briefly changes it for every thread of the process)
+    while True:
+        tmp = parent / f".{output.name}.{secrets.token_hex(6)}.partial"
+        try:
+            os.mkdir(tmp)
+            break
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+        except OSError as exc:
+            raise GanxError(f"cannot write {output}: {parent} is not writable "
+                            f"({exc.strerror})") from None
     try:
         yield tmp
     except BaseException:

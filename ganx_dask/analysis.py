@@ -12,14 +12,13 @@ available as an xarray accessor on datasets and on counts DataArrays::
 
 Line energies come from xraylib (composite, rate-weighted ``KA_LINE``, ``KB_LINE``, ``LA_LINE``,
 ``LB_LINE`` and ``MA1_LINE``).  The default window is ±1 FWHM of the detector response at the line
-energy (``FWHM² = 2.3548²·ε·F·E + noise_FWHM²``, ε = 3.6 eV, F = 0.114, noise 0.1 keV: ≈ 140 eV at
-Mn Kα; see :func:`detector_fwhm`).
+energy (``FWHM² = 2.3548²·ε·F·E + noise_FWHM²`` of the cube's instrument; default ε = 3.6 eV,
+F = 0.114, noise 0.08 keV: ≈ 141 eV at Mn Kα; see :func:`detector_fwhm`).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -167,21 +166,13 @@ def parse_element(spec: str | tuple[str, str], energy=None) -> tuple[str, str]:
 
 
 def detector_fwhm(energy_kev: float | np.ndarray, instrument=None) -> float | np.ndarray:
-    """Detector resolution (FWHM, keV) at ``energy_kev``.
-
-    Uses :func:`ganx_dask.pigments.physics.fwhm_kev` (the pigment model's detector response) when
-    available; otherwise the same formula with the default SDD parameters:
-    ``FWHM² = (2.3548)²·ε·F·E + noise²`` with ε = 0.0036 keV, F = 0.114, noise = 0.1 keV.
+    """Detector resolution (FWHM, keV) at ``energy_kev``: the pigment model's detector response,
+    :func:`ganx_dask.pigments.physics.fwhm_kev` (``FWHM² = 2.3548²·ε·F·E + noise_FWHM²``; default
+    instrument ``"lab-rh"``: ε = 0.0036 keV, F = 0.114, noise 0.08 keV, 0.141 keV at Mn Kα).
     """
-    try:
-        from .pigments.physics import fwhm_kev
-    except ImportError:
-        fwhm_kev = None
-    if fwhm_kev is not None:
-        return fwhm_kev(energy_kev, instrument) if instrument is not None else fwhm_kev(energy_kev)
-    e = np.asarray(energy_kev, dtype=float)
-    out = np.sqrt(2.3548 ** 2 * 0.0036 * 0.114 * e + 0.1 ** 2)
-    return float(out) if out.ndim == 0 else out
+    from .pigments.physics import fwhm_kev
+
+    return fwhm_kev(energy_kev, instrument)
 
 
 def element_window(element: str, line: str | None, energy, width: float | None = None,
@@ -408,7 +399,8 @@ def rebin(obj, factor: int | None = None, *, energy=None):
         ``spectrum``) are all rebinned.
     factor : int, optional
         Merge ``factor`` adjacent channels.  When it divides the number of channels the counts are
-        summed exactly (integer dtype kept as uint64); otherwise the same range is split into
+        summed exactly (unsigned counts widened: uint8/uint16 → uint32, wider → uint64; other
+        dtypes → float64); otherwise the same range is split into
         ``n // factor`` equal channels with :func:`ganx_dask.energy.rebin` (float counts).
     energy : EnergyAxis, str or array-like, optional
         A target axis instead of ``factor`` (``"START:STOP:N"``, bin centres in keV); counts
@@ -494,6 +486,8 @@ def to_ganx_hdf5(counts, path: str | os.PathLike, *, dataset: str = "img",
     """
     import h5py
 
+    from .pigments.formats import _atomic_output
+
     c = _counts(counts).transpose("y", "x", "energy")
     path = Path(path)
     if path.exists() and not overwrite:
@@ -504,9 +498,8 @@ def to_ganx_hdf5(counts, path: str | os.PathLike, *, dataset: str = "img",
         np.asarray(c.data), chunks=(64, 64, -1))
     batch = batch or 2 * (os.cpu_count() or 1)
     energy = np.asarray(c["energy"].values, dtype=float)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             chunks = tuple(min(max(ch), 64) if i < 2 else max(ch)
                            for i, ch in enumerate(data.chunks))
@@ -526,11 +519,9 @@ def to_ganx_hdf5(counts, path: str | os.PathLike, *, dataset: str = "img",
                 for i, b in zip(part, blocks, strict=True):
                     sl = tuple(slice(int(offs[d][i[d]]), int(offs[d][i[d] + 1])) for d in range(3))
                     dset[sl] = b
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    # temporary file renamed into place; it gets the umask's permissions (not mkstemp's 0600)
+    _atomic_output(path, overwrite=overwrite, write=write)
     return path
 
 

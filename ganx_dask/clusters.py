@@ -306,6 +306,29 @@ def kubernetes_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return spec
 
 
+@contextlib.contextmanager
+def _restore_spawn_environ() -> Iterator[None]:
+    """Undo what distributed's nanny writes into *this* process's ``os.environ``.
+
+    Before spawning a worker process the nanny runs ``os.environ.update(pre_spawn_env)`` in the
+    calling process (``MALLOC_TRIM_THRESHOLD_``, ``PYTHONHASHSEED``, ...) and never restores it,
+    so a local cluster built with ``malloc_trim_threshold: 1048576`` would leave that value in the
+    client's environment, inherited by every later subprocess and worker.  The keys the nanny can
+    set are restored to their previous values (or removed) on exit.
+    """
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {})
+    keys |= {"MALLOC_TRIM_THRESHOLD_", "PYTHONHASHSEED"}
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def make_cluster(cfg: Mapping[str, Any]) -> Any:
     """Build (but do not scale) the cluster object of a validated config.
 
@@ -322,7 +345,7 @@ def make_cluster(cfg: Mapping[str, Any]) -> Any:
     if kind == "local":
         from distributed import LocalCluster
 
-        with dask.config.set(worker_config(cfg["malloc_trim_threshold"])):
+        with dask.config.set(worker_config(cfg["malloc_trim_threshold"])), _restore_spawn_environ():
             return LocalCluster(
                 n_workers=cfg["workers"],
                 threads_per_worker=cfg["threads_per_worker"],
@@ -455,8 +478,8 @@ def _client_from_config(cfg: Mapping[str, Any]) -> Iterator[Any]:
             _wait(client, cfg["wait_for_workers"], cfg["timeout"], where)
             yield client
         return
-    cluster = make_cluster(cfg)
-    with cluster:
+    # the nanny may respawn workers (after a crash) while the cluster lives: restore at the end too
+    with _restore_spawn_environ(), make_cluster(cfg) as cluster:
         if kind in ("slurm", "pbs"):
             if cfg["maximum_jobs"] is not None:
                 cluster.adapt(minimum_jobs=cfg["jobs"], maximum_jobs=cfg["maximum_jobs"])

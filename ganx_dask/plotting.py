@@ -1,7 +1,9 @@
 """Publication-quality figures of cubes and their analysis (matplotlib, Agg backend).
 
 Every function returns a :class:`matplotlib.figure.Figure` and, when ``path`` is given, saves it
-(PNG at ``dpi``) and closes it.  Inputs are xarray objects from :mod:`ganx_dask.analysis`; they are
+(PNG at ``dpi``).  Figures are built without :mod:`matplotlib.pyplot`, so importing this module
+neither selects a backend nor registers figures in pyplot's global state (a notebook keeps its
+backend; a CLI run needs no display and leaks no open figures).  Inputs are xarray objects from :mod:`ganx_dask.analysis`; they are
 computed here (element maps and sum spectra are small), so call these after reducing a big cube.
 
 * :func:`element_map_grid` — one panel per element map, each with a colour bar in counts;
@@ -17,14 +19,11 @@ import os
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .errors import GanxError  # noqa: E402
+from .errors import GanxError
 
 __all__ = [
     "element_map_grid",
@@ -50,10 +49,10 @@ _LINESTYLES = (":", "--", "-.", "-", (0, (5, 1)), (0, (3, 1, 1, 1)))
 
 
 def save(fig: Figure, path: str | os.PathLike | None, dpi: int = 150) -> Figure:
-    """Save ``fig`` to ``path`` (if given) as PNG at ``dpi`` and close it; returns ``fig``."""
+    """Save ``fig`` to ``path`` (if given) as PNG at ``dpi``; returns ``fig``."""
     if path is not None:
-        fig.savefig(os.fspath(path), dpi=dpi)
-        plt.close(fig)
+        with matplotlib.rc_context(_STYLE):
+            fig.savefig(os.fspath(path), dpi=dpi)
     return fig
 
 
@@ -94,10 +93,10 @@ def element_map_grid(maps: xr.DataArray | Mapping[str, xr.DataArray], *, ncols: 
     h, w = arrays[0][1].shape
     panel_w = 3.0
     panel_h = panel_w * h / max(w, 1) + 0.4
-    with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(panel_w * ncols + 0.6 * ncols,
-                                                        panel_h * nrows + (0.4 if title else 0)),
-                                 squeeze=False, layout="constrained")
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=(panel_w * ncols + 0.6 * ncols, panel_h * nrows + (0.4 if title else 0)),
+                     layout="constrained")
+        axes = fig.subplots(nrows, ncols, squeeze=False)
         for ax in axes.flat[n:]:
             ax.axis("off")
         for ax, (lbl, arr) in zip(axes.flat, arrays, strict=False):
@@ -132,8 +131,9 @@ def sum_spectra(spectra: Mapping[str, xr.DataArray] | xr.DataArray, *,
         spectra = {spectra.name or "sum spectrum": spectra}
     if not spectra:
         raise GanxError("no spectra to plot")
-    with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=(7.0, 3.8), layout="constrained")
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=(7.0, 3.8), layout="constrained")
+        ax = fig.subplots()
         lo, hi = np.inf, -np.inf
         for i, (lbl, s) in enumerate(spectra.items()):
             e = _values(s["energy"])
@@ -180,9 +180,9 @@ def flattened_image(flat, *, transform: bool = True, title: str | None = None,
         raise GanxError("no flattened cube to plot")
     imgs = [(lbl, *_reduced(f, transform, max_rows)) for lbl, f in panels.items()]
     n = len(imgs)
-    with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(1, n, figsize=(4.2 * n + 0.8, 4.5), squeeze=False,
-                                 layout="constrained")
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=(4.2 * n + 0.8, 4.5), layout="constrained")
+        axes = fig.subplots(1, n, squeeze=False)
         im = None
         for ax, (lbl, img, e, rows, step) in zip(axes.flat, imgs, strict=True):
             im = ax.imshow(img, aspect="auto", cmap="magma", interpolation="nearest",
@@ -243,9 +243,9 @@ def rgb_comparison(rgb, labels, cluster_rgb, *, title: str | None = None,
         raise GanxError(f"rgb must be (y, x, 3), got shape {orig.shape}")
     clus = clustered_rgb(labels, cluster_rgb)
     h, w = orig.shape[:2]
-    with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(1, 2, figsize=(8.0, 4.0 * h / max(w, 1) + 0.6),
-                                 layout="constrained")
+    with matplotlib.rc_context(_STYLE):
+        fig = Figure(figsize=(8.0, 4.0 * h / max(w, 1) + 0.6), layout="constrained")
+        axes = fig.subplots(1, 2)
         axes[0].imshow(orig.astype(np.uint8), interpolation="nearest")
         axes[0].set_title("original RGB")
         axes[1].imshow(clus, interpolation="nearest")
@@ -270,18 +270,18 @@ def abundance_heatmap(abundance: xr.DataArray, *, cluster_rgb=None, title: str |
     ab = abundance.transpose("cluster", "pigment")
     vals = np.asarray(ab.values, dtype=float)
     nc, npg = vals.shape
-    with plt.rc_context(_STYLE):
+    with matplotlib.rc_context(_STYLE):
         size = (1.0 + 0.55 * npg + 1.4, 1.2 + 0.35 * nc + 1.0)
+        fig = Figure(figsize=size, layout="constrained")
         if cluster_rgb is not None:
-            fig, (sax, ax) = plt.subplots(1, 2, figsize=size, sharey=True, layout="constrained",
-                                          gridspec_kw={"width_ratios": [0.5, npg]})
+            sax, ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [0.5, npg]})
             sw = _values(cluster_rgb).astype(np.uint8)[:nc, None, :]
             sax.imshow(sw, aspect="auto", interpolation="nearest")
             sax.set_xticks([])
             sax.set_title("colour", fontsize=7)
             sax.set_yticks(range(nc), [f"cluster {c}" for c in ab["cluster"].values])
         else:
-            fig, ax = plt.subplots(figsize=size, layout="constrained")
+            ax = fig.subplots()
             ax.set_yticks(range(nc), [f"cluster {c}" for c in ab["cluster"].values])
         im = ax.imshow(vals, cmap="Blues", vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(npg), [str(p) for p in ab["pigment"].values], rotation=45, ha="right")

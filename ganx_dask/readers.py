@@ -193,10 +193,31 @@ def open_hdf5(path, dataset: str = "img", *, axes: str = "yxe", energy=None,
                     break
     stored_chunks = tuple(chunks["yxe".index(c)] for c in axes.lower()) \
         if sorted(axes.lower()) == ["e", "x", "y"] else chunks
-    arr = da.from_array(dset, chunks=stored_chunks, lock=True)
-    arr = _reorder(arr, axes, where)
-    coord = energy_coord(arr.shape[2], energy=energy, gain=gain, offset=offset, where=where)
+    try:
+        arr = da.from_array(dset, chunks=stored_chunks, lock=True)
+        arr = _reorder(arr, axes, where)
+        coord = energy_coord(arr.shape[2], energy=energy, gain=gain, offset=offset, where=where)
+    except BaseException:  # bad axes or calibration: do not leave the file open
+        f.close()
+        raise
     return _dataset(arr, coord, str(path), "hdf5", dataset=dataset)
+
+
+def _npz_ndims(z) -> dict[str, int]:
+    """Number of dimensions of every array in an open ``.npz`` archive, read from the ``.npy``
+    headers only (loading ``z[k]`` would decompress the whole cube just to look at its shape)."""
+    out = {}
+    members = set(z.zip.namelist())
+    for k in z.files:
+        if f"{k}.npy" not in members:  # a non-array member: never a cube or a scalar
+            out[k] = -1
+            continue
+        with z.zip.open(f"{k}.npy") as fp:
+            version = np.lib.format.read_magic(fp)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            out[k] = len(read(fp)[0])
+    return out
 
 
 def open_numpy(path, *, key: str | None = None, axes: str = "yxe", energy=None,
@@ -214,8 +235,9 @@ def open_numpy(path, *, key: str | None = None, axes: str = "yxe", energy=None,
     try:
         if path.suffix.lower() == ".npz":
             with np.load(path, allow_pickle=False) as z:
+                ndim = _npz_ndims(z)  # from the headers: no array is read twice
                 if key is None:
-                    cubes = [k for k in z.files if z[k].ndim == 3]
+                    cubes = [k for k in z.files if ndim[k] == 3]
                     if len(cubes) != 1:
                         raise GanxError(f"{path}: give key= (3-D arrays: {cubes or 'none'})")
                     key = cubes[0]
@@ -224,7 +246,7 @@ def open_numpy(path, *, key: str | None = None, axes: str = "yxe", energy=None,
                 data = z[key]
                 where = f"{path}:{key}"
                 if energy is None and (gain is None or offset is None):
-                    g, o = _calibration_from_attrs({k: z[k] for k in z.files if z[k].ndim == 0})
+                    g, o = _calibration_from_attrs({k: z[k] for k in z.files if ndim[k] == 0})
                     gain = gain if gain is not None else g
                     offset = offset if offset is not None else o
                     if gain is None or offset is None:

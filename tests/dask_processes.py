@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["ProcessCluster", "REPO", "DASK", "wait_until", "kill_group", "ganx_cmd"]
+__all__ = ["ProcessCluster", "REPO", "DASK", "wait_until", "kill_group", "ganx_cmd", "clean_environ"]
 
 REPO = Path(__file__).resolve().parents[1]
 _BIN = Path(sys.executable).parent
@@ -40,20 +40,32 @@ def wait_until(condition, timeout: float, what: str, procs=()) -> None:
 
 
 def kill_group(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """SIGKILL the process group of ``proc`` (started with ``start_new_session``) and reap it."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    """SIGKILL the process group of ``proc`` (started with ``start_new_session``) and reap it.
+
+    The group is signalled even when its leader has already exited: a ``dask worker`` nanny
+    that died (or was reaped by an earlier ``poll()``) may leave its worker process behind, and
+    that process is still in the group (whose id stays reserved while it has members).
+    """
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is gone
+        pass
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:  # pragma: no cover
         pass
 
 
+def clean_environ() -> dict:
+    """This process's environment without ``MALLOC_TRIM_THRESHOLD_``: an in-process
+    ``LocalCluster`` (other tests) makes distributed's nanny write its pre-spawn value into
+    ``os.environ``, which every subprocess would inherit; the tests check what the shipped
+    config and the launcher do, so workers must not inherit it."""
+    return {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+
+
 def _env(extra: dict | None = None) -> dict:
-    env = dict(os.environ)
+    env = clean_environ()
     env["DASK_CONFIG"] = str(WORKER_DASK_CONFIG)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra or {})
@@ -106,7 +118,8 @@ class ProcessCluster:
         wait_until(self.scheduler_file.exists, self.timeout, "the scheduler file", [self.scheduler])
         import json
 
-        wait_until(lambda: self._read_address(json) is not None, self.timeout, "scheduler address")
+        wait_until(lambda: self._read_address(json) is not None, self.timeout, "scheduler address",
+                   [self.scheduler])
         for i in range(self.n_workers):
             self.add_worker(i)
         self.wait_for_workers(self.n_workers)

@@ -1,5 +1,8 @@
 """Tests of ganx_dask.analysis: element maps, laziness, rebinning, flattening, ganX HDF5 export."""
 
+import os
+import stat
+
 import dask
 import dask.array as da
 import h5py
@@ -187,3 +190,11 @@ def test_to_ganx_hdf5_roundtrip_and_no_overwrite(tmp_path):
         ds.xrf.to_ganx_hdf5(out)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.h5"]
+    # an ordinary file for other users too (umask permissions, not a temp file's 0600)
+    umask = os.umask(0o022)
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            ds.xrf.to_ganx_hdf5(tmp_path / "b.h5")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "b.h5").stat().st_mode) == 0o644

@@ -128,3 +128,23 @@ def test_compare_mismatched_shapes(stores, capsys):
                  "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["ssim"] is None and 0 <= res["spectral"]["cosine"] < 1
+
+
+def test_staged_output_is_an_ordinary_directory_and_vanishes_on_error(tmp_path):
+    import os
+    import stat
+
+    from ganx_dask._staging import staged_output
+
+    umask = os.umask(0o022)
+    try:
+        with staged_output(tmp_path / "rep") as tmp:
+            assert tmp.name.startswith(".rep.") and tmp.parent == tmp_path.resolve()
+            (tmp / "a.txt").write_text("x")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "rep").stat().st_mode) == 0o755
+    assert (tmp_path / "rep" / "a.txt").read_text() == "x"
+    with pytest.raises(RuntimeError), staged_output(tmp_path / "bad"):
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]

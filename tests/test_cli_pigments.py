@@ -136,6 +136,10 @@ def test_add_creates_appends_and_refuses(capsys, tmp_path):
         (["add", "bad", "--formula", "Xq2O3", "--rgb", "1,2,3", "--density", "2"], "Xq2O3"),
         (["add", "bad", "--formula", "PbO", "--rgb", "1,2", "--density", "2"], "--rgb"),
         (["add", "bad", "--formula", "PbO", "--rgb", "1,2,3", "--density", "-2"], "--density"),
+        # an invalid ground used to be written, leaving a library file that could not be read
+        (["add", "bad", "--formula", "PbO", "--rgb", "1,2,3", "--density", "9",
+          "--thickness-um", "5", "--ground", "CaCO3", "--ground-density", "-1"],
+         "--ground-density"),
     ]:
         rc, _, err = _run(capsys, *argv, "--library", lib)
         assert rc == 1 and match in err, err

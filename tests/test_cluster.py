@@ -14,7 +14,7 @@ from ganx_dask.cluster import scheduler_context
 from ganx_dask.clusters import cluster_from_config, worker_malloc_trim
 from ganx_dask.errors import ConfigError
 
-from .dask_processes import ProcessCluster
+from .dask_processes import ProcessCluster, clean_environ
 
 pytestmark = pytest.mark.cluster
 
@@ -93,7 +93,7 @@ def test_real_scheduler_and_worker_processes(tmp_path):
             assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
 
         # a worker started by the launcher without any dask config: trim unset
-        env = {k: v for k, v in os.environ.items() if k != "DASK_CONFIG"}
+        env = {k: v for k, v in clean_environ().items() if k != "DASK_CONFIG"}
         pc.add_worker(2, launcher=[sys.executable, "-m", "ganx_dask.clusters"], env=env)
         # a plain `dask worker` without the shipped config: distributed's 65536, and a warning
         pc.add_worker(3, env=env)

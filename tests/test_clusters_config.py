@@ -104,6 +104,15 @@ def test_validator_nested_sections_defaults_and_describe(tmp_path):
     assert load_config(None, schema)["a"] == 3
 
 
+def test_validated_defaults_are_copies():
+    schema = {"env": Option(dict, {}, "env"), "sec": {"l": Option(list, [], "list")}}
+    first = validate({}, schema)
+    first["env"]["A"] = "1"
+    first["sec"]["l"].append("x")
+    assert validate({}, schema) == {"env": {}, "sec": {"l": []}}
+    assert schema["env"].default == {} and schema["sec"]["l"].default == []
+
+
 @requires_jobqueue
 def test_slurm_job_script_without_submitting(tmp_path):
     data = yaml.safe_load((CONFIGS / "slurm.yaml").read_text())
@@ -148,7 +157,10 @@ def test_kubernetes_spec_without_a_cluster():
     assert container["env"] is None  # no MALLOC_TRIM_THRESHOLD_ exported
 
 
-def test_local_cluster_unsets_malloc_trim(tmp_path):
+def test_local_cluster_unsets_malloc_trim(tmp_path, monkeypatch):
+    # hermetic: an in-process LocalCluster of another test (distributed's nanny) may have written
+    # distributed's 65536 into this process's environment, which workers would inherit
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     p = _write(tmp_path, {"kind": "local", "workers": 1, "memory_limit": "1GiB", "timeout": 30})
     with cluster_from_config(p) as client:
         info = client.scheduler_info()
@@ -161,6 +173,26 @@ def test_local_cluster_unsets_malloc_trim(tmp_path):
                "c2.yaml")
     with cluster_from_config(p) as client:
         assert set(client.run(worker_malloc_trim).values()) == {"1048576"}
+
+
+def test_local_cluster_leaves_the_client_environment_alone(tmp_path, monkeypatch):
+    """distributed's nanny writes its pre-spawn variables into the spawning process's os.environ;
+    building a local cluster must not leave them behind (later subprocesses would inherit them)."""
+    import os
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("PYTHONHASHSEED", "123")
+    p = _write(tmp_path, {"kind": "local", "workers": 1, "malloc_trim_threshold": 1048576})
+    with cluster_from_config(p) as client:
+        assert set(client.run(worker_malloc_trim).values()) == {"1048576"}
+        assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    assert os.environ["PYTHONHASHSEED"] == "123"
+    cfg = load_cluster_config(p)
+    with make_cluster(cfg) as cluster:  # the public builder alone restores it too
+        assert len(cluster.workers) == 1
+        assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
 
 
 def test_missing_optional_backend_is_a_config_error(tmp_path, monkeypatch):

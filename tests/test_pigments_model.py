@@ -115,3 +115,29 @@ def test_layer_stack_pigment():
         _computed("bad ground", thickness_um=5.0, ground=(Layer({"Zz2O": 1.0}, 2.0),))
     with pytest.raises(PigmentError, match="thickness"):
         _computed("bad thick", thickness_um=-1.0).spectrum("0.5:38.5:64")
+
+
+def test_spectra_default_to_the_library_instrument():
+    # A pigment without precomputed components in a library whose reference instrument is not
+    # lab-rh must be rendered for that instrument (what generate() records), not for lab-rh.
+    p = _computed()
+    lib = PigmentLibrary([p], name="user", instrument="portable-ag")
+    ax = EnergyAxis(0.5, 38.5, 256)
+    got = lib.spectra(ax).values
+    np.testing.assert_allclose(got, lib.spectra(ax, "portable-ag").values, rtol=0, atol=0)
+    lab = PigmentLibrary([p], name="user").spectra(ax).values
+    assert np.abs(got - lab).sum() > 0.05  # Ag vs Rh tube: clearly different spectra
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(thickness_um=0.0), "thickness_um"), (dict(thickness_um=float("nan")), "thickness_um"),
+    (dict(thickness_um=5.0, ground=(Layer({"CaCO3": 1.0}, -1.0),)), r"ground\[0\].*density"),
+    (dict(thickness_um=5.0, ground=(Layer({"CaCO3": 1.0}, 2.7, 0.0),)), r"ground\[0\].*thickness"),
+    (dict(thickness_um=5.0, ground=({"CaCO3": 1.0},)), r"ground\[0\].*Layer"),
+])
+def test_invalid_stratigraphy_rejected_at_construction(kw, msg):
+    # rejected before the pigment can enter a library (and a file that could not be read back)
+    args = dict(name="p", rgb=(1, 2, 3), composition={"CaCO3": 1.0}, density=2.7)
+    args.update(kw)
+    with pytest.raises(PigmentError, match=msg):
+        Pigment(**args)

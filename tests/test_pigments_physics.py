@@ -281,3 +281,69 @@ def test_pure_gaussian_without_tail_and_shelf():
     assert y.sum() == pytest.approx(1.0)
     assert mean == pytest.approx(8.0, abs=1e-6)
     assert sd * 2.3548 == pytest.approx(fwhm_kev(8.0, inst), rel=1e-3)
+
+
+def test_parse_formula_result_is_a_private_copy():
+    # parse_formula is cached: mutating a returned dict must not change later results
+    first = parse_formula("PbCO3")
+    first[82] = 99.0
+    first[1] = 1.0
+    assert parse_formula("PbCO3") == pytest.approx({82: 1.0, 6: 1.0, 8: 3.0})
+
+
+def _scalar_fp_line(z, line, layers, inst):
+    """Independent primary-fluorescence rate of one line with scalar xraylib calls.
+
+    ``layers``: (mass fractions, density g/cm³, thickness µm or None) top first; the line's
+    element is in the last layer."""
+    tube = tube_spectrum(inst)
+    e_in = np.concatenate([tube.line_energy, 0.5 * (tube.box_lo + tube.box_hi)])
+    w_in = np.concatenate([tube.line_intensity, tube.box_intensity])
+    air = {7: 0.7553, 8: 0.2318, 18: 0.0128, 6: 0.0001}
+
+    def mu(comp, e):
+        return sum(f * xl.CS_Total(int(k), float(e)) for k, f in comp.items())
+
+    def t_air(e):
+        return math.exp(-mu(air, e) * 0.0012048 * inst.air_cm)
+
+    sa = math.sin(math.radians(inst.incidence_deg))
+    sb = math.sin(math.radians(inst.takeoff_deg))
+    e_l = xl.LineEnergy(z, line)
+    comp, rho, th = layers[-1]
+    total = 0.0
+    for e, w in zip(e_in, w_in, strict=True):
+        try:
+            cs = xl.CS_FluorLine_Kissel_Cascade(z, line, float(e))
+        except ValueError:  # below the edge
+            continue
+        chi = mu(comp, e) / sa + mu(comp, e_l) / sb
+        depth = 1.0 / chi if th is None else -math.expm1(-chi * rho * th * 1e-4) / chi
+        above = math.prod(math.exp(-(mu(c, e) / sa + mu(c, e_l) / sb) * r * t * 1e-4)
+                          for c, r, t in layers[:-1])
+        total += w * t_air(e) * comp[z] * cs / sa * depth * above
+    det = math.exp(-xl.CS_Total(4, e_l) * 1.848 * inst.det_be_um * 1e-4) * (
+        1 - math.exp(-xl.CS_Photo(14, e_l) * 2.33 * inst.det_si_um * 1e-4))
+    return total * solid_angle_sr(inst) / (4 * math.pi) * t_air(e_l) * det
+
+
+def test_fluorescence_matches_independent_scalar_fp_in_a_stack():
+    # Zn K-alpha1 of a zinc-white ground under 50 µm chalk under 10 µm azurite, Cu K-alpha1 of
+    # the azurite: the vectorised model equals a plain scalar-xraylib evaluation of the
+    # documented formula (incidence/take-off angles, finite/infinite layers, air, detector).
+    inst = Instrument(escape=False, incidence_deg=60.0, takeoff_deg=40.0)
+    azur, chalk, zinc = ({"Cu3(CO3)2(OH)2": 1.0}, 3.8, 10.0), ({"CaCO3": 1.0}, 2.71, 50.0), (
+        {"ZnO": 1.0}, 5.6, None)
+    pig = _pig("stack", azur[0], azur[1], thickness_um=azur[2],
+               ground=[Layer(chalk[0], chalk[1], chalk[2], "chalk"), Layer(zinc[0], zinc[1])])
+    c = compute_components(pig, inst)
+    lay = [(element_mass_fractions(cmp), r, t) for cmp, r, t in (azur, chalk, zinc)]
+    for label, z, layers in (("Zn KL3", 30, lay), ("Cu KL3", 29, lay[:1])):
+        assert _line(c, label)[1] == pytest.approx(
+            _scalar_fp_line(z, xl.KL3_LINE, layers, inst), rel=1e-9)
+
+
+@pytest.mark.parametrize("formula", ["CaSO4.0.5H2O", "CaSO4·0.5H2O", "CaSO4*0.5H2O"])
+def test_decimal_hydrate_multiplier(formula):
+    # bassanite (plaster): the "." of "0.5" is a decimal point, not another separator
+    assert parse_formula(formula) == pytest.approx({20: 1.0, 16: 1.0, 8: 4.5, 1: 1.0})

@@ -287,8 +287,11 @@ def _cmd_show(args) -> int:
         raise PigmentError(f"no pigment {args.name!r} in library {lib.name!r} "
                            f"(see `ganx-dask pigments list`)") from None
     energy = as_energy_axis(args.energy)
+    # one instrument for the spectrum, the line table and the plot: --instrument, else the
+    # library's reference instrument
+    instrument = args.instrument if args.instrument else lib.instrument
     # everything that can fail is checked before anything is printed
-    y = p.spectrum(energy, args.instrument)
+    y = p.spectrum(energy, instrument)
     if args.plot:
         _check_plot_path(Path(args.plot), args.overwrite)
     print(p.name + (f"  (aliases: {', '.join(p.aliases)})" if p.aliases else ""))
@@ -323,7 +326,7 @@ def _cmd_show(args) -> int:
 
     edges = energy.edges if hasattr(energy, "edges") else energy
     if p.composition:
-        inst = _instrument(args.instrument if args.instrument else lib.instrument)
+        inst = _instrument(instrument)
         lines = main_lines(p, energy, inst)
         print(f"  main lines   (xraylib energies; tube {inst.kv:g} kV; axis {energy}; "
               f"'peak' = channel height / spectrum maximum)")
@@ -343,7 +346,7 @@ def _cmd_show(args) -> int:
         print("  main peaks   " + (", ".join(f"{centres[i]:.3f} keV" for i in sorted(order))
                                    or "(none)"))
     if args.plot:
-        out = plot_pigment_spectrum(p, args.plot, energy, args.instrument,
+        out = plot_pigment_spectrum(p, args.plot, energy, instrument,
                                     overwrite=args.overwrite)
         print(f"wrote {out}")
     return 0
@@ -360,6 +363,8 @@ def _cmd_add(args) -> int:
         raise PigmentError(f"--density: must be > 0 g/cm³, got {args.density}")
     if args.thickness_um is not None and not (args.thickness_um > 0):
         raise PigmentError(f"--thickness-um: must be > 0 µm, got {args.thickness_um}")
+    if args.ground and not (args.ground_density > 0 and np.isfinite(args.ground_density)):
+        raise PigmentError(f"--ground-density: must be > 0 g/cm³, got {args.ground_density}")
     ground = ()
     if args.ground:
         gform = _parse_formula(args.ground)

@@ -34,6 +34,17 @@ def _check_rgb(rgb: Any, where: str) -> tuple[int, int, int]:
     return (vals[0], vals[1], vals[2])
 
 
+def _positive_or_none(v: Any) -> bool:
+    """True for ``None`` or a finite number > 0."""
+    if v is None:
+        return True
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return bool(np.isfinite(f) and f > 0)
+
+
 def _key(name: str) -> str:
     """Case- and separator-insensitive lookup key: 'Lead-Tin Yellow I' -> 'lead tin yellow i'."""
     return re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
@@ -165,6 +176,20 @@ class Pigment:
             self.composition = {k: v / tot for k, v in comp.items()}
             if self.density is None or not (np.isfinite(self.density) and self.density > 0):
                 raise PigmentError(f"pigment {self.name!r}: density (g/cm³) must be > 0")
+        # checked here, not only when a spectrum is computed, so an invalid pigment can never be
+        # added to a library and written to a file that then cannot be read back
+        if not _positive_or_none(self.thickness_um):
+            raise PigmentError(f"pigment {self.name!r}: thickness_um must be > 0 µm or None "
+                               f"(infinitely thick), got {self.thickness_um!r}")
+        for i, layer in enumerate(self.ground):
+            where = f"pigment {self.name!r} ground[{i}] ({getattr(layer, 'name', '') or 'layer'})"
+            if not isinstance(layer, Layer):
+                raise PigmentError(f"{where}: must be a Layer, got {layer!r}")
+            if layer.density is None or not _positive_or_none(layer.density):
+                raise PigmentError(f"{where}: density must be > 0 g/cm³, got {layer.density!r}")
+            if not _positive_or_none(layer.thickness_um):
+                raise PigmentError(f"{where}: thickness_um must be > 0 µm or None, "
+                                   f"got {layer.thickness_um!r}")
 
     @classmethod
     def from_formula(
@@ -343,8 +368,11 @@ class PigmentLibrary:
         if computed:
             from .physics import pigment_components, render_many
 
-            comps = [pigment_components(self._pigments[i], instrument) for i in computed]
-            inst = None if instrument is None else instrument
+            # None = the library's reference instrument (equal to the precomputed components'
+            # instrument for a library read from file: the fast path); a pigment without
+            # precomputed components is then computed for that instrument too, not for lab-rh.
+            inst = self.instrument if instrument is None else instrument
+            comps = [pigment_components(self._pigments[i], inst) for i in computed]
             block = render_many(comps, axis_edges(energy), inst)
             for j, i in enumerate(computed):
                 rows[i] = self._pigments[i]._normalised(block[j], energy)

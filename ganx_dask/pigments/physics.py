@@ -122,10 +122,12 @@ def _symbol(z: int) -> str:
 # ------------------------------------------------------------------------------------------
 # formulas and compositions
 # ------------------------------------------------------------------------------------------
-_HYDRATE_DOT = re.compile(r"\.(?=\s*(?:\d*\s*H2O|\d*\s*\(|[A-Z]))")
+# a "." separating parts: followed by an (optionally decimal) multiplier and water or a bracket,
+# or directly by an element symbol; never the decimal point of such a multiplier
+# ("CaSO4.0.5H2O" is CaSO4 + 0.5 H2O, not CaSO4.0 + 5 H2O)
+_HYDRATE_DOT = re.compile(r"(?<![.·]\d)\.(?=\s*(?:\d*(?:\.\d+)?\s*(?:H2O|\()|[A-Z]))")
 
 
-@lru_cache(maxsize=4096)
 def parse_formula(formula: str) -> dict[int, float]:
     """Atoms per formula unit of a chemical formula, hydrates and double salts allowed.
 
@@ -150,6 +152,11 @@ def parse_formula(formula: str) -> dict[int, float]:
     """
     if not isinstance(formula, str) or not formula.strip():
         raise PigmentError(f"empty chemical formula {formula!r}")
+    return dict(_parse_formula_cached(formula))  # a copy: the cached dict must stay unchanged
+
+
+@lru_cache(maxsize=4096)
+def _parse_formula_cached(formula: str) -> dict[int, float]:
     text = _HYDRATE_DOT.sub("·", formula.strip().replace("•", "·").replace("*", "·"))
     atoms: dict[int, float] = {}
     for part in text.split("·"):
@@ -240,6 +247,8 @@ class Instrument:
         degrees (Ebel's φ and ε). Defaults 90 and 20 (side-window tube).
     filters : tuple of (str, float)
         Primary-beam filters as (formula, thickness µm), e.g. ``(("Al", 100.0),)``. Default none.
+        An element filter has the element's density; a compound filter is taken at a nominal
+        2.5 g/cm³ (give its thickness as the 2.5 g/cm³-equivalent).
     incidence_deg, takeoff_deg : float
         Beam incidence and detector take-off angles to the sample surface, degrees. Default
         45/45 (scattering angle 180° − 45° − 45° = 90°).
@@ -1109,12 +1118,12 @@ def line_response(energy_kev, edges, instrument: Instrument | None = None,
     inst = _as_instrument(instrument)
     e0 = np.atleast_1d(np.asarray(energy_kev, dtype=float))[:, None]
     ed = np.asarray(edges, dtype=float)[None, :]
-    sig = np.sqrt((fwhm_kev(e0, inst) / _FWHM_PER_SIGMA) ** 2
-                  + np.atleast_1d(np.asarray(extra_sigma, float))[:, None] ** 2)
+    sdet = fwhm_kev(e0, inst) / _FWHM_PER_SIGMA
+    sig = np.sqrt(sdet**2 + np.atleast_1d(np.asarray(extra_sigma, float))[:, None] ** 2)
     ft, fs = inst.tail_fraction, inst.shelf_fraction
     x = ed - e0
     gauss = np.diff(ndtr(x / sig), axis=1) * (1.0 - ft - fs)
-    beta = inst.tail_slope_sigma * sig
+    beta = inst.tail_slope_sigma * sdet  # a detector property: the detector σ, as in render()
     tail = np.diff(_tail_cdf_exact(x, sig, beta), axis=1) * ft if ft > 0 else np.zeros_like(gauss)
     if fs > 0:
         # box [0, E0] ⊗ Gaussian(σ at E0), sharp at 0 keV: h·(clip(e, 0, E0) − c(e − E0))

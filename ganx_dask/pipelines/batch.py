@@ -6,7 +6,9 @@
 ``manifest``
     one record per image: ``name`` (= group), ``image`` (absolute path), ``sha256`` (content
     hash), ``seed``, ``shape`` ``[y, x]`` (pixels), ``status`` (``complete``, ``failed``,
-    ``stale``), ``group`` (path inside the store), ``error``.
+    ``stale``, or ``pending`` while an image is being generated, and after an interrupted run
+    until the next run resumes it), ``group`` (path inside the store), ``error``,
+    ``parameters`` (hash of the batch parameters it was generated with).
 ``skipped``
     files that were not images (``path``, ``reason``).
 ``batch``

@@ -11,6 +11,7 @@ schema as a Markdown table, which is how the documented defaults in ``pipelines/
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -132,7 +133,9 @@ def validate(
     for key, spec in schema.items():
         dotted = prefix + key
         if isinstance(spec, Option):
-            out[key] = _check(data[key], spec, dotted, source) if key in data else spec.default
+            # a copy: a caller that edits its config must not change the schema's default
+            out[key] = _check(data[key], spec, dotted, source) if key in data \
+                else copy.deepcopy(spec.default)
         else:
             out[key] = validate(data.get(key), spec, source=source, prefix=dotted + ".")
     return out

@@ -20,8 +20,9 @@ Outputs (in ``output``):
 ``figure1_rgb.png``             original vs clustered RGB
 ``figure2_element_maps_t0.2``   element maps (K, Ca, Fe, Zn, Cu Kα; Au, Hg, Pb Lα), threshold 0.2
 ``figure3_element_maps_t0.6``   the same at threshold 0.6
-``figure4_ground_truth.png``    the ground truth of both cubes: cluster × pigment abundance
-                                (the paper's Figure 4 shows the measured scan's maps instead)
+``figure4_ground_truth_t0.2``   the ground truth of each cube (``_t0.6`` too): cluster ×
+                                pigment abundance (the paper's Figure 4 shows the measured
+                                scan's maps instead)
 ``figure5_sum_spectra.png``     normalised sum spectra, log y: 0.2 dotted, 0.6 dashed,
                                 Poisson dash-dotted, with line markers
 ``figure6_flattened.png``       the flattened cubes after x → tanh(log(1 + x))
@@ -303,8 +304,6 @@ def run_paper(config=None, output: str | os.PathLike | None = None, *, small: bo
             plotting.element_map_grid(maps, title=f"Figure {2 + i}: element maps, threshold "
                                                   f"α = {t:g}", path=tmp / fname)
             figures.append(fname)
-        import matplotlib.pyplot as plt
-
         for t, lbl in zip(thresholds, labels, strict=True):
             ds = cubes[lbl]
             used = ds["abundance"].sum("cluster") > 0
@@ -313,7 +312,6 @@ def run_paper(config=None, output: str | os.PathLike | None = None, *, small: bo
                                        title=f"ground truth, threshold α = {t:g}",
                                        path=tmp / f"figure4_ground_truth_t{t:g}.png")
             figures.append(f"figure4_ground_truth_t{t:g}.png")
-        plt.close("all")
         plotting.sum_spectra({k_: sum_spectrum(v) for k_, v in cubes.items()}, lines=specs,
                              title="Figure 5: normalised sum spectra",
                              path=tmp / "figure5_sum_spectra.png")
