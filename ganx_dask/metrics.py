@@ -499,6 +499,8 @@ def _poisson_block(block: np.ndarray, seed: int, y0: int, x0: int, tile: int, ex
                 draw = rng.multinomial(n, pvals)
             else:
                 draw = rng.poisson(n[..., None] / e, size=n.shape + (e,))
+            if draw.size and draw.max() > np.iinfo(dtype).max:
+                raise OverflowError(f"Poisson reference count {draw.max()} does not fit {dtype}")
             out[ty0: ty0 + tile, tx0: tx0 + tile] = draw
     return out
 

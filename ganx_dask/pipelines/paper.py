@@ -47,7 +47,7 @@ import xarray as xr
 
 from .._staging import staged_output
 from ..errors import ConfigError, GanxError
-from .config import Option, load_yaml, validate
+from .config import Option, load_config
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ _ELEMENTS = ["K:Ka", "Ca:Ka", "Fe:Ka", "Zn:Ka", "Cu:Ka", "Au:La", "Hg:La", "Pb:L
 #: The configuration keys of the paper pipeline (see ``pipelines/paper/README.md``).
 PAPER_SCHEMA: dict[str, Any] = {
     "image": Option(str, None, "Input image (default: the bundled demo image).", nullable=True),
-    "output": Option(str, "paper-output", "Output directory (created)."),
+    "output": Option(str, "paper-output", "Output directory (created; in a config file, relative to the file)."),
     "seed": Option(int, 2024, "Master seed of the generation.", minimum=0),
     "poisson_seed": Option(int, None, "Seed of the Poisson-noise cube (default: seed + 1).",
                            nullable=True, minimum=0),
@@ -103,13 +103,10 @@ def load_paper_config(config: str | os.PathLike | Mapping | None) -> dict[str, A
     ConfigError
         Unknown key, wrong type, or a bad list entry (the message names the file and key).
     """
-    if config is None:
-        source, cfg = "paper defaults", validate({}, PAPER_SCHEMA, source="paper defaults")
-    elif isinstance(config, Mapping):
-        source, cfg = "paper config", validate(config, PAPER_SCHEMA, source="paper config")
-    else:
-        source = os.fspath(config)
-        cfg = validate(load_yaml(config), PAPER_SCHEMA, source=source)
+    source = ("paper defaults" if config is None
+              else "paper config" if isinstance(config, Mapping) else os.fspath(config))
+    # in a file, relative paths are relative to the file's folder (as for batch and mosaic)
+    cfg = load_config(config, PAPER_SCHEMA, name="paper", path_keys=("image", "output", "library"))
     for key in ("pigments", "elements"):
         if not cfg[key] or not all(isinstance(v, str) for v in cfg[key]):
             raise ConfigError(f"{source}: key {key!r} must be a non-empty list of strings")
