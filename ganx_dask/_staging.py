@@ -1,4 +1,4 @@
-"""Output directories that appear only when complete (reports, figures, paper tables).
+"""Outputs that appear only when complete: directories (reports, figures, paper tables) and files.
 
 Everything is written under a hidden temporary name beside the target and renamed into place
 on success, so a failed or interrupted command never leaves a half-written directory and never
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .errors import GanxError, StoreExistsError
 
-__all__ = ["staged_output"]
+__all__ = ["staged_output", "atomic_file"]
 
 
 @contextlib.contextmanager
@@ -75,3 +75,34 @@ def staged_output(output: str | os.PathLike, overwrite: bool = False) -> Iterato
             old.unlink()
     else:
         os.replace(tmp, output)
+
+
+def atomic_file(path: str | os.PathLike, *, overwrite: bool, write) -> None:
+    """Create ``path`` by calling ``write(tmp_path)`` and renaming the result into place.
+
+    Readers never see a partial file; on any error the temporary file is removed and an existing
+    ``path`` is untouched.  The new file gets the default permissions (umask), or those of the
+    file it replaces.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise StoreExistsError(f"{path}: is a directory, expected a file path")
+    if path.exists() and not overwrite:
+        raise StoreExistsError(f"{path}: exists (pass overwrite=True / --overwrite to replace it)")
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise GanxError(f"{path}: folder {path.parent} {what}")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        try:
+            with open(tmp, "x"):  # created with the umask's permissions (not mkstemp's 0600)
+                pass
+            write(tmp)
+            if path.exists():
+                shutil.copymode(path, tmp)
+            os.replace(tmp, path)
+        except OSError as exc:  # read-only folder, disk full...: name the file the user gave
+            raise GanxError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

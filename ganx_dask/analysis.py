@@ -486,7 +486,7 @@ def to_ganx_hdf5(counts, path: str | os.PathLike, *, dataset: str = "img",
     """
     import h5py
 
-    from .pigments.formats import _atomic_output
+    from ._staging import atomic_file
 
     c = _counts(counts).transpose("y", "x", "energy")
     path = Path(path)
@@ -521,7 +521,7 @@ def to_ganx_hdf5(counts, path: str | os.PathLike, *, dataset: str = "img",
                     dset[sl] = b
 
     # temporary file renamed into place; it gets the umask's permissions (not mkstemp's 0600)
-    _atomic_output(path, overwrite=overwrite, write=write)
+    atomic_file(path, overwrite=overwrite, write=write)
     return path
 
 

@@ -16,7 +16,7 @@ import xarray as xr
 
 from .errors import EnergyAxisError
 
-__all__ = ["EnergyAxis", "as_energy_axis", "rebin", "edges_from_centres"]
+__all__ = ["EnergyAxis", "as_energy_axis", "axis_edges", "rebin", "edges_from_centres"]
 
 DEFAULT_ENERGY = "0.5:38.5:1024"
 
@@ -133,7 +133,9 @@ def as_energy_axis(energy) -> EnergyAxis | np.ndarray:
     EnergyAxis
         When the input is uniform (array inputs that are uniform to 1e-9 relative are converted).
     numpy.ndarray
-        The bin edges (keV) of a non-uniform axis.
+        The bin edges (keV) of a non-uniform axis.  Do not pass these edges on where an energy
+        specification is expected (a plain array is read as bin *centres* there): pass the
+        original centres, or use :func:`axis_edges` where edges are wanted.
     """
     if isinstance(energy, EnergyAxis):
         return energy

@@ -2,10 +2,10 @@
 
 The steps (docs/architecture.md): read the image chunk-wise (:mod:`~ganx_dask.io`), fit the
 colour clustering on a seed-derived pixel subsample (:mod:`~ganx_dask.clustering`; the only
-computation done here), predict labels chunk-wise, match cluster colours to pigments
-(:mod:`~ganx_dask.matching`), and build the Monte Carlo cube with per-tile seeded streams
-(:mod:`~ganx_dask.sampling`).  Nothing else is computed until the dataset is written
-(:func:`ganx_dask.store.to_zarr`) or loaded.
+image computation done here, besides validating value ranges), predict labels chunk-wise,
+match cluster colours to pigments (:mod:`~ganx_dask.matching`), and build the Monte Carlo cube
+with per-tile seeded streams (:mod:`~ganx_dask.sampling`).  Nothing else is computed until the
+dataset is written (:func:`ganx_dask.store.to_zarr`) or loaded.
 
 The ``luminosity`` count model scales each pixel's expected counts by a factor: by default the
 pixel's relative luminance ``Y`` (CIE 1931, D65) of its *linearised* sRGB colour, i.e.
@@ -17,7 +17,6 @@ factors (``luminosity=``).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import numbers
 import os
 from pathlib import Path
@@ -29,11 +28,11 @@ import xarray as xr
 
 from ._version import __version__
 from .clustering import _check_params, fit_iterative_kmeans, predict_labels, subsample_pixels
-from .color import SIMILARITY_METHODS
 from .energy import EnergyAxis, as_energy_axis
 from .errors import ConfigError, EnergyAxisError, GanxError, ImageError, PigmentError
-from .io import read_image
-from .matching import MATCH_MODES, cluster_distributions
+from .io import file_sha256, read_image
+from .matching import _check_params as _check_match_params
+from .matching import cluster_distributions
 from .sampling import check_count_model, counts_dtype, sample_cube
 
 __all__ = ["generate", "relative_luminance", "ENGINES"]
@@ -68,6 +67,19 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def _plain(v):
+    """A parameter as a plain JSON value (numpy scalars such as ``np.int64(3)`` → ``3``)."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        return float(v)
+    if isinstance(v, np.str_):
+        return str(v)
+    return v
+
+
 def _validate(p: dict) -> EnergyAxis | np.ndarray:
     if not _is_int(p["seed"]) or p["seed"] < 0:
         raise ConfigError(f"seed must be a non-negative integer, got {p['seed']!r}")
@@ -83,15 +95,7 @@ def _validate(p: dict) -> EnergyAxis | np.ndarray:
     check_count_model(p["count_model"], p["counts"])
     if p["luminosity"] is not None and p["count_model"] != "luminosity":
         raise ConfigError("a luminosity map is only used with count_model='luminosity'")
-    t = p["threshold"]
-    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not (0.0 <= t <= 1.0):
-        raise ConfigError(f"threshold must be a similarity in [0, 1], got {t!r}")
-    if p["similarity"] not in SIMILARITY_METHODS:
-        raise ConfigError(
-            f"unknown similarity {p['similarity']!r}; choose one of {', '.join(SIMILARITY_METHODS)}"
-        )
-    if p["mode"] not in MATCH_MODES:
-        raise ConfigError(f"unknown matching mode {p['mode']!r}; choose one of {MATCH_MODES}")
+    _check_match_params(p["threshold"], p["similarity"], p["mode"])
     _check_params(p["n_start"], p["delta"], p["patience"], p["score_batch"])
     if not _is_int(p["fit_samples"]) or p["fit_samples"] < 2:
         raise ConfigError(f"fit_samples must be an integer >= 2 pixels, got {p['fit_samples']!r}")
@@ -108,6 +112,11 @@ def _validate(p: dict) -> EnergyAxis | np.ndarray:
     return ax
 
 
+def _centres(energy) -> np.ndarray:
+    """Bin centres (keV) of an array-like energy specification."""
+    return np.asarray(energy.values if isinstance(energy, xr.DataArray) else energy, dtype=float)
+
+
 def _resolve_library(library):
     from .pigments import PigmentLibrary
 
@@ -120,7 +129,7 @@ def _resolve_library(library):
     if isinstance(library, (str, os.PathLike)):
         from .pigments.formats import load_library
 
-        return load_library(library)
+        library = load_library(library)
     if not isinstance(library, PigmentLibrary):
         raise PigmentError(
             f"library must be a PigmentLibrary or a library file, got {type(library).__name__}"
@@ -144,28 +153,36 @@ def _image_info(image, img: xr.DataArray) -> dict:
     info: dict[str, Any] = {"shape": [int(img.sizes["y"]), int(img.sizes["x"])],
                             "format": img.attrs.get("source_format", "")}
     if isinstance(image, (str, os.PathLike)):
-        path = Path(image)
-        info["source"] = str(path.resolve())
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-        info["sha256"] = h.hexdigest()
+        path = Path(image).resolve()
+        info["source"] = str(path)
+        # the content hash guards --resume (it enters the store fingerprint)
+        info["sha256"] = file_sha256(path)
     else:
         info["source"] = str(img.attrs.get("source", type(image).__name__))
+        raw = image.data if isinstance(image, xr.DataArray) else image
+        if isinstance(raw, np.ndarray):  # in-memory pixels: a content token guards resume too
+            from dask.base import tokenize
+
+            info["token"] = tokenize(raw)
     return info
 
 
-def _luminosity_scale(luminosity, img: xr.DataArray, chunks: int) -> tuple[da.Array, float]:
+def _luminosity_scale(luminosity, img: xr.DataArray,
+                      chunks: int) -> tuple[da.Array, float, dict | None]:
+    """The per-pixel factor, its maximum, and (user map) a record of its source and content
+    token for the provenance attrs (so ``resume`` refuses a different map)."""
     ny, nx = int(img.sizes["y"]), int(img.sizes["x"])
     if luminosity is None:
         scale = img.data.map_blocks(relative_luminance, drop_axis=2, dtype=np.float32,
                                     meta=np.empty((0, 0), np.float32))
-        return scale, 1.0
-    where = "luminosity map"
+        return scale, 1.0, None
+    from dask.base import tokenize
+
+    where, source = "luminosity map", None
     if isinstance(luminosity, xr.DataArray):
         if "source" in luminosity.attrs:
-            where = f"luminosity map {luminosity.attrs['source']}"
+            source = str(luminosity.attrs["source"])
+            where = f"luminosity map {source}"
         if set(luminosity.dims) != {"y", "x"}:
             raise ConfigError(f"{where} must have dims (y, x), got {luminosity.dims}")
         luminosity = luminosity.transpose("y", "x").data
@@ -179,7 +196,8 @@ def _luminosity_scale(luminosity, img: xr.DataArray, chunks: int) -> tuple[da.Ar
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0:
         raise ConfigError(f"{where}: values must be finite and non-negative")
     arr = m if isinstance(m, da.Array) else da.from_array(m, chunks=(chunks, chunks))
-    return arr.astype(np.float32).rechunk((chunks, chunks)), max(float(hi), 1e-12)
+    record = {"source": source, "token": tokenize(m)}
+    return arr.astype(np.float32).rechunk((chunks, chunks)), max(float(hi), 1e-12), record
 
 
 def generate(
@@ -256,7 +274,9 @@ def generate(
     xarray.Dataset
         Variables ``counts``, ``labels``, ``abundance``, ``spectrum``, ``cluster_rgb``,
         ``pigment_rgb`` and optionally ``rgb`` with provenance attrs (docs/architecture.md,
-        "The dataset").  Dask-backed; only the clustering subsample has been computed.
+        "The dataset").  Dask-backed; computed so far: the clustering subsample, the SHA-256
+        of an image file, and the value range of a float/wide-integer image or of a dask
+        luminosity map (validated before anything is written).
 
     Raises
     ------
@@ -289,7 +309,8 @@ def generate(
             f"{where}: image is {ny}x{nx} pixel: too small to cluster colours "
             "(need at least 2 pixels)"
         )
-    lib_spectra = lib.spectra(ax, instrument)
+    # a non-uniform axis is given (and recorded) by its bin centres; ``ax`` holds its edges
+    lib_spectra = lib.spectra(ax if isinstance(ax, EnergyAxis) else _centres(energy), instrument)
     lib_rgb = lib.rgb
 
     # -- clustering: the only computation (a subsample of the image) -------------------------
@@ -306,9 +327,9 @@ def generate(
     )
 
     # -- Monte Carlo cube ---------------------------------------------------------------------
-    scale, scale_max = None, 1.0
+    scale, scale_max, map_record = None, 1.0, None
     if count_model == "luminosity":
-        scale, scale_max = _luminosity_scale(luminosity, img, chunks)
+        scale, scale_max, map_record = _luminosity_scale(luminosity, img, chunks)
     dtype = counts_dtype(count_model, counts, scale_max=scale_max)
     cube = sample_cube(labels.data, spectrum.values, seed=int(seed), counts=counts,
                        count_model=count_model, scale=scale, tile=tile, dtype=dtype,
@@ -351,16 +372,20 @@ def generate(
         data_vars["rgb"] = xr.Variable(("y", "x", "channel"), img.data,
                                        attrs={"long_name": "input image",
                                               "units": "8-bit sRGB"})
-    recorded = dict(params)
+    recorded = {key: _plain(v) for key, v in params.items()}
     recorded["energy"] = str(ax) if isinstance(ax, EnergyAxis) else "custom"
     recorded["counts"] = int(counts) if float(counts) == int(counts) else float(counts)
     recorded["luminosity"] = (None if luminosity is None else "user map")
     if count_model == "luminosity" and luminosity is None:
         recorded["luminosity"] = "relative luminance Y of linearised sRGB (D65)"
+    if map_record is not None:
+        recorded["luminosity_map"] = map_record
+    inst_dict = _instrument_dict(instrument, lib)
+    det_dict = None if fx is None else fx.to_dict()
     recorded["instrument"] = (None if instrument is None
-                              else _instrument_dict(instrument, lib).get("name", str(instrument)))
+                              else inst_dict.get("name", str(instrument)))
     recorded["counts_dtype"] = np.dtype(dtype).name
-    recorded["detector"] = None if fx is None else fx.to_dict()
+    recorded["detector"] = det_dict
     attrs = {
         "title": "synthetic MA-XRF data cube (ganx-dask)",
         "ganx_dask_version": __version__,
@@ -369,8 +394,8 @@ def generate(
         "parameters": recorded,
         "library_name": lib.name,
         "library_version": lib.version,
-        "instrument": _instrument_dict(instrument, lib),
-        "detector": None if fx is None else fx.to_dict(),
+        "instrument": inst_dict,
+        "detector": det_dict,
         "clustering": model.to_attrs(),
         "energy_axis": recorded["energy"],
         "tile": int(tile),

@@ -6,7 +6,8 @@ Accepted sources:
   RGB, grayscale, palette, CMYK or min-is-white, with or without alpha) or any other format
   Pillow reads (palette, CMYK, bilevel, 16-bit gray… are converted to RGB).  TIFFs are read **lazily, chunk by chunk** through tifffile's
   Zarr interface (``tifffile.imread(path, aszarr=True)``): building the array reads only the
-  header, and each dask chunk decodes only the TIFF tiles/strips it overlaps.  Other formats are
+  header, and each dask chunk decodes only the TIFF tiles it overlaps (a stripped TIFF is read in
+  full-width bands of ``chunks`` rows, so each strip is decoded once).  Other formats are
   decoded whole by Pillow (they cannot be read partially) and then chunked.
 * a ``numpy`` array ``(y, x)``, ``(y, x, 1|2|3|4)`` of uint8, uint16, other integers in 0–255,
   bool, or floats in [0, 1];
@@ -27,6 +28,8 @@ it is decoded whole.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -37,7 +40,7 @@ import xarray as xr
 
 from .errors import ImageError
 
-__all__ = ["read_image", "TIFF_SUFFIXES"]
+__all__ = ["read_image", "file_sha256", "TIFF_SUFFIXES"]
 
 #: File suffixes read lazily with tifffile.
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif")
@@ -62,6 +65,7 @@ class _TiffArray:
             self.dtype = np.dtype(lv.dtype)
             self.axes = str(lv.axes)
             page = lv.pages[0] if len(lv.pages) else None
+            self.tiled = bool(page is not None and page.is_tiled)
             self.colormap = None
             self.photometric = None if page is None else page.photometric
             self.inkset = 1  # TIFF default: CMYK
@@ -111,12 +115,18 @@ def _read_tiff(path: Path, chunks: int) -> tuple[da.Array, str]:
             f"{path}: unsupported TIFF layout (axes {axes!r}, shape {arr.shape}); "
             "expected a single 2-D image, grayscale or RGB(A)"
         )
+    # A strip spans the full width: a (chunks x chunks) read of a stripped TIFF decodes whole
+    # strips, so each strip would be decoded once per column of chunks (width/chunks times).
+    # Stripped files are read in full-width bands instead (split into chunks by _normalise).
+    cx = chunks if arr.tiled else -1
+    # meta given: dask would otherwise open the file once more to read an empty slice
+    kw = dict(asarray=True, fancy=False, name=f"tiff-{_token(path)}",
+              meta=np.empty((0,) * arr.ndim, arr.dtype))
     if order is None:
-        c = (chunks, chunks) + ((arr.shape[2],) if arr.ndim == 3 else ())
-        d = da.from_array(arr, chunks=c, asarray=True, fancy=False, name=f"tiff-{_token(path)}")
+        c = (chunks, cx) + ((arr.shape[2],) if arr.ndim == 3 else ())
+        d = da.from_array(arr, chunks=c, **kw)
     else:
-        d = da.from_array(arr, chunks=(arr.shape[0], chunks, chunks), asarray=True,
-                          fancy=False, name=f"tiff-{_token(path)}").transpose(order)
+        d = da.from_array(arr, chunks=(arr.shape[0], chunks, cx), **kw).transpose(order)
     d, info = _tiff_photometric(d, arr, path)
     if info:
         return d, info
@@ -219,9 +229,42 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, str]:
     return a, f"{mode} {a.dtype}"
 
 
+@functools.lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int, inode: int) -> str:  # noqa: ARG001
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's content, e.g. an input image for provenance and resume checks.
+
+    The result is cached per process on (resolved path, size, modification time, inode), so a
+    large image used several times (a batch manifest, then ``generate()``; parameter sweeps) is
+    read for hashing once.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    str
+        64 hex digits.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    return _sha256_cached(str(p), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 # ---------------------------------------------------------------------------------------------
 # normalisation
 def _to_uint8(d: da.Array, where: str) -> da.Array:
+    if not d.dtype.isnative:  # e.g. big-endian '>u2' from h5py/FITS arrays: same values
+        d = d.astype(d.dtype.newbyteorder("="))
     dt = d.dtype
     if dt == np.uint8:
         return d

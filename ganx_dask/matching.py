@@ -16,6 +16,8 @@ Ties in "most similar" go to the first pigment in library order.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import xarray as xr
 
@@ -26,6 +28,20 @@ __all__ = ["MATCH_MODES", "pigment_weights", "cluster_distributions"]
 
 #: Matching modes.
 MATCH_MODES = ("threshold", "nearest")
+
+
+def _check_params(threshold, similarity_method: str, mode: str) -> None:
+    """Validate the matching parameters (ConfigError naming the parameter)."""
+    if mode not in MATCH_MODES:
+        raise ConfigError(f"unknown matching mode {mode!r}; choose one of {', '.join(MATCH_MODES)}")
+    if similarity_method not in SIMILARITY_METHODS:
+        raise ConfigError(
+            f"unknown similarity {similarity_method!r}; "
+            f"choose one of {', '.join(SIMILARITY_METHODS)}"
+        )
+    if (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real)
+            or not (0.0 <= threshold <= 1.0)):  # NaN fails the comparison
+        raise ConfigError(f"threshold must be a similarity in [0, 1], got {threshold!r}")
 
 
 def pigment_weights(
@@ -55,15 +71,7 @@ def pigment_weights(
     numpy.ndarray
         ``(K, P)`` float64, non-negative, rows sum to 1.
     """
-    if mode not in MATCH_MODES:
-        raise ConfigError(f"unknown matching mode {mode!r}; choose one of {', '.join(MATCH_MODES)}")
-    if similarity_method not in SIMILARITY_METHODS:
-        raise ConfigError(
-            f"unknown similarity {similarity_method!r}; "
-            f"choose one of {', '.join(SIMILARITY_METHODS)}"
-        )
-    if not (np.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-        raise ConfigError(f"threshold must lie in [0, 1], got {threshold!r}")
+    _check_params(threshold, similarity_method, mode)
     c = np.asarray(cluster_rgb).reshape(-1, 3)
     lib = np.asarray(library_rgb).reshape(-1, 3)
     if lib.shape[0] == 0:
@@ -128,7 +136,15 @@ def cluster_distributions(
         raise PigmentError("pigment spectra must be finite and non-negative")
     w = pigment_weights(crgb, lib, threshold=threshold, similarity_method=similarity, mode=mode)
     d = w @ hv
-    d /= d.sum(axis=1, keepdims=True)
+    tot = d.sum(axis=1, keepdims=True)
+    if np.any(tot <= 0):
+        empty = [str(n) for n in np.asarray(h.coords["pigment"].values if "pigment" in h.coords
+                                            else np.arange(hv.shape[0]))[hv.sum(axis=1) <= 0]]
+        raise PigmentError(
+            "a cluster's distribution has no counts on this energy axis: its matched pigments "
+            f"have empty spectra ({', '.join(empty)})"
+        )
+    d /= tot
     k = np.arange(w.shape[0])
     pig_coord = h.coords["pigment"] if "pigment" in h.coords else np.arange(hv.shape[0])
     abundance = xr.DataArray(

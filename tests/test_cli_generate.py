@@ -194,3 +194,18 @@ def test_pigments_subset_option(tmp_path, capsys):
     assert main(args[:3] + [str(out2)] + args[4:] + ["--pigments", "vermilion,unobtainium"]) == 1
     assert "'unobtainium' not in library" in capsys.readouterr().err
     assert not out2.exists()
+
+
+def test_rgba_luminosity_map_warns_that_its_alpha_is_ignored(files, tmp_path):
+    rgba = np.zeros((64, 128, 4), np.uint8)
+    rgba[:, 64:] = 255
+    Image.fromarray(rgba).save(tmp_path / "map.png")
+    out = tmp_path / "m.zarr"
+    with pytest.warns(UserWarning) as rec:
+        assert main(_base(files, out, "--count-model", "luminosity",
+                          "--luminosity-map", str(tmp_path / "map.png"))) == 0
+    texts = [str(w.message) for w in rec]
+    assert any("alpha channel of the luminosity map ignored" in t for t in texts), texts
+    assert not any("label -1" in t for t in texts), texts
+    c = xr.open_zarr(out, consolidated=False)["counts"].values.sum(-1)
+    assert np.all(c[:, :64] == 0) and c[:, 64:].mean() > 25

@@ -55,6 +55,8 @@ def test_sweep_never_below_two_and_patience():
     # scores fall after k=3: patience 0 stops at the first non-improving k, 1 at the second
     m0 = fit_iterative_kmeans(px, n_start=3, delta=1, patience=0, seed=0)
     assert list(m0.scores) == [2, 3, 4] and m0.k == 3
+    m0w = fit_iterative_kmeans(px, n_start=5, delta=3, patience=0, seed=0)  # room to go on
+    assert list(m0w.scores) == [2, 3, 4] and m0w.k == 3
     m1 = fit_iterative_kmeans(px, n_start=5, delta=3, patience=1, seed=0)
     assert list(m1.scores) == [2, 3, 4, 5] and m1.k == 3
     mall = fit_iterative_kmeans(px, n_start=5, delta=3, patience=-1, seed=0)

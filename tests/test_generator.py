@@ -293,3 +293,63 @@ def test_tiled_tiff_file_gives_same_cube_as_array(lib, tmp_path):
     b = generate(p, lib, seed=9, **SMALL)
     assert b.attrs["image"]["source"] == str(p.resolve()) and len(b.attrs["image"]["sha256"]) == 64
     np.testing.assert_array_equal(a["counts"].values, b["counts"].values)
+
+
+def test_provenance_attrs_are_plain_json_with_numpy_scalar_parameters(lib):
+    """numpy scalars as parameters (e.g. from a config array) still give JSON-serialisable attrs."""
+    params = {**SMALL, "counts": np.float32(60), "n_start": np.int64(4), "chunks": np.int64(64),
+              "tile": np.int32(64), "threshold": np.float32(0.25)}
+    ds = generate(blocks_image(), lib, seed=np.int64(3), **params)
+    back = json.loads(json.dumps(ds.attrs))
+    assert back["parameters"]["seed"] == 3 and back["parameters"]["n_start"] == 4
+    assert back["parameters"]["chunks"] == 64 and back["parameters"]["counts"] == 60
+    assert type(ds.attrs["parameters"]["threshold"]) is float
+
+
+def test_user_luminosity_map_content_is_recorded(lib):
+    """A different map gives different provenance (so a resume with another map is refused)."""
+    img = blocks_image()
+    kw = {**SMALL, "counts": 20, "count_model": "luminosity"}
+    fac = np.ones(img.shape[:2])
+    a = generate(img, lib, seed=8, luminosity=fac, **kw).attrs["parameters"]
+    b = generate(img, lib, seed=8, luminosity=fac.copy(), **kw).attrs["parameters"]
+    fac[5, 5] = 0.5
+    c = generate(img, lib, seed=8, luminosity=fac, **kw).attrs["parameters"]
+    assert a["luminosity"] == "user map" and a["luminosity_map"] == b["luminosity_map"]
+    assert a["luminosity_map"]["token"] != c["luminosity_map"]["token"]
+    assert "luminosity_map" not in generate(img, lib, seed=8, **SMALL).attrs["parameters"]
+
+
+def test_image_hash_is_the_file_sha256(lib, tmp_path):
+    import hashlib
+
+    import tifffile
+
+    p = tmp_path / "img.tif"
+    tifffile.imwrite(p, blocks_image(), tile=(64, 64), photometric="rgb")
+    want = hashlib.sha256(p.read_bytes()).hexdigest()
+    assert generate(p, lib, seed=1, **SMALL).attrs["image"]["sha256"] == want
+    tifffile.imwrite(p, blocks_image()[::-1].copy(), tile=(64, 64), photometric="rgb")
+    again = generate(p, lib, seed=1, **SMALL).attrs["image"]["sha256"]
+    assert again == hashlib.sha256(p.read_bytes()).hexdigest() != want
+
+
+def test_in_memory_image_content_is_recorded(lib):
+    img = blocks_image()
+    a = generate(img, lib, seed=1, **SMALL).attrs["image"]
+    b = generate(xr.DataArray(img.copy(), dims=("y", "x", "channel")), lib, seed=1,
+                 **SMALL).attrs["image"]
+    img[0, 0] = (1, 2, 3)
+    c = generate(img, lib, seed=1, **SMALL).attrs["image"]
+    assert a["token"] == b["token"] != c["token"]
+
+
+def test_non_uniform_energy_axis(lib):
+    edges = AXIS.edges
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    centres = np.concatenate([centres[::2][:20], centres[40:]])  # coarser bins at low energy
+    ds = generate(blocks_image(), lib, seed=3, **{**SMALL, "energy": centres})
+    assert ds.sizes["energy"] == centres.size
+    np.testing.assert_array_equal(ds.energy.values, centres)
+    c = ds["counts"].values
+    assert (c.sum(-1) == SMALL["counts"]).all()

@@ -207,3 +207,49 @@ def test_palette_tiff_colours_are_looked_up(tmp_path):
     np.testing.assert_array_equal(v[0, 0], [255, 0, 0])
     np.testing.assert_array_equal(v[0, 1], [0, 255, 0])
     np.testing.assert_array_equal(v[1, 0], [0, 0, 255])
+
+
+def test_big_endian_arrays_are_read_like_native_ones():
+    a = (np.arange(20 * 30 * 3).reshape(20, 30, 3) * 37).astype(np.uint16)
+    np.testing.assert_array_equal(read_image(a.astype(">u2")).values, read_image(a).values)
+    f = np.linspace(0, 1, 20 * 30 * 3).reshape(20, 30, 3)
+    np.testing.assert_array_equal(read_image(f.astype(">f8")).values, read_image(f).values)
+
+
+def test_stripped_tiff_strips_are_decoded_once(tmp_path, monkeypatch):
+    """A stripped (untiled) TIFF is read in full-width bands: each strip is decoded once, not
+    once per column of chunks."""
+    from ganx_dask import io as gio
+
+    a = _rgb(128, 256, seed=4)
+    p = tmp_path / "strips.tif"
+    tifffile.imwrite(p, a, rowsperstrip=16, compression="zlib", photometric="rgb")
+    reads = []
+    orig = gio._TiffArray.__getitem__
+
+    def counting(self, key):
+        reads.append(key)
+        return orig(self, key)
+
+    monkeypatch.setattr(gio._TiffArray, "__getitem__", counting)
+    img = read_image(p, chunks=32)
+    assert img.data.chunks[:2] == ((32,) * 4, (32,) * 8)
+    with dask.config.set(scheduler="synchronous"):
+        np.testing.assert_array_equal(img.values, a)
+    assert len(reads) == 4  # one full-width band per row of chunks (not 4 x 8)
+
+
+def test_file_sha256_matches_hashlib_and_sees_rewrites(tmp_path):
+    import hashlib
+    import os
+
+    from ganx_dask.io import file_sha256
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"a" * 3_000_000)
+    assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest()
+    assert file_sha256(str(p)) == file_sha256(p)  # cached, same answer
+    p.write_bytes(b"b" * 3_000_000)  # same size: the new mtime invalidates the cache
+    st = p.stat()
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert file_sha256(p) == hashlib.sha256(p.read_bytes()).hexdigest()

@@ -91,3 +91,10 @@ def test_bad_parameters(kw, match):
 def test_mismatched_library():
     with pytest.raises(GanxError, match="3 colours but 4 spectra"):
         cluster_distributions(LIB_RGB[:1], LIB_RGB[:3], _spectra())
+
+
+def test_matched_pigment_with_empty_spectrum_is_a_pigment_error():
+    h = _spectra().copy()
+    h[0] = 0.0  # vermilion has no counts on this axis
+    with pytest.raises(GanxError, match="vermilion"):
+        cluster_distributions(np.array([[227, 66, 52]], np.uint8), LIB_RGB, h, mode="nearest")

@@ -141,3 +141,16 @@ def test_invalid_stratigraphy_rejected_at_construction(kw, msg):
     args.update(kw)
     with pytest.raises(PigmentError, match=msg):
         Pigment(**args)
+
+
+def test_spectra_on_a_non_uniform_axis_keep_the_given_centres():
+    from ganx_dask.pigments import default_library
+
+    lib = default_library().select(["vermilion", "azurite"])
+    centres = np.concatenate([np.linspace(1.0, 10.0, 60), np.linspace(10.5, 30.0, 30)])
+    sp = lib.spectra(centres)
+    assert sp.shape == (2, 90)
+    np.testing.assert_array_equal(sp.energy.values, centres)
+    np.testing.assert_allclose(sp.sum("energy").values, 1.0, rtol=1e-12)
+    # Hg La (9.99 keV) peaks in the vermilion row, Cu Ka (8.05 keV) in the azurite row
+    assert abs(float(sp.energy[int(sp.sel(pigment="azurite").argmax())]) - 8.05) < 0.3

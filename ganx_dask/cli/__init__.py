@@ -79,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
-    warnings.simplefilter("default")
     old_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warning(args.command)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # the filter change ends with the command (in-process use)
+            warnings.simplefilter("default")
+            return int(args.func(args) or 0)
     except GanxError as exc:
         print(f"ganx-dask {args.command}: error: {exc}", file=sys.stderr)
         return 1

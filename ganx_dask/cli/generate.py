@@ -187,9 +187,17 @@ def _load_map(path: str):
             raise ConfigError(f"{p}: luminosity map must be a 2-D (y, x) array, got shape {arr.shape}")
         m = xr.DataArray(arr, dims=("y", "x"))
     else:
+        import warnings
+
         from ..io import read_image
 
-        m = read_image(p).astype("float32").mean("channel") / 255.0
+        with warnings.catch_warnings():  # read_image's alpha warning speaks of labels
+            warnings.filterwarnings("ignore", message=".*alpha channel", category=UserWarning)
+            img, alpha = read_image(p, return_alpha=True)
+        if alpha is not None:
+            warnings.warn(f"{p}: alpha channel of the luminosity map ignored", UserWarning,
+                          stacklevel=2)
+        m = img.astype("float32").mean("channel") / 255.0
     m.attrs["source"] = str(p)
     return m
 

@@ -198,7 +198,7 @@ def plot_pigment_spectrum(pigment, path: str | os.PathLike, energy=DEFAULT_ENERG
     """
     from matplotlib.figure import Figure
 
-    from ..pigments.formats import _atomic_output
+    from .._staging import atomic_file
 
     path = Path(path)
     ax_e = as_energy_axis(energy)
@@ -235,7 +235,7 @@ def plot_pigment_spectrum(pigment, path: str | os.PathLike, energy=DEFAULT_ENERG
         ax.annotate(label, (ln["energy_keV"], h), xytext=(0, 4),
                     textcoords="offset points", rotation=90, ha="center", va="bottom",
                     fontsize=7)
-    _atomic_output(path, overwrite=overwrite,
+    atomic_file(path, overwrite=overwrite,
                    write=lambda tmp: fig.savefig(tmp, format=path.suffix[1:].lower()))
     return path
 

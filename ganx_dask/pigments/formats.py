@@ -79,14 +79,13 @@ import json
 import math
 import os
 import re
-import secrets
-import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._staging import atomic_file
 from ..energy import as_energy_axis, axis_edges, edges_from_centres, rebin
 from ..errors import EnergyAxisError, GanxError, PigmentError, StoreExistsError
 from .model import Layer, MeasuredSpectrum, Pigment, PigmentLibrary
@@ -243,40 +242,9 @@ def _load_json(path: Path) -> Any:
         ) from None
 
 
-def _atomic_output(path: Path, *, overwrite: bool, write) -> None:
-    """Create ``path`` by calling ``write(tmp_path)`` and renaming the result into place.
-
-    Readers never see a partial file; on any error the temporary file is removed and an existing
-    ``path`` is untouched.  The new file gets the default permissions (umask), or those of the
-    file it replaces.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise StoreExistsError(f"{path}: is a directory, expected a file path")
-    if path.exists() and not overwrite:
-        raise StoreExistsError(f"{path}: exists (pass overwrite=True / --overwrite to replace it)")
-    if not path.parent.is_dir():
-        what = "is not a folder" if path.parent.exists() else "does not exist"
-        raise PigmentError(f"{path}: folder {path.parent} {what}")
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
-    try:
-        try:
-            with open(tmp, "x"):  # created with the umask's permissions (not mkstemp's 0600)
-                pass
-            write(tmp)
-            if path.exists():
-                shutil.copymode(path, tmp)
-            os.replace(tmp, path)
-        except OSError as exc:  # read-only folder, disk full...: name the file the user gave
-            raise GanxError(f"{path}: cannot write ({exc.strerror or exc})") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _atomic_write_text(path: Path, text: str, *, overwrite: bool) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`_atomic_output`)."""
-    _atomic_output(Path(path), overwrite=overwrite,
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`ganx_dask._staging.atomic_file`)."""
+    atomic_file(Path(path), overwrite=overwrite,
                    write=lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 

@@ -411,11 +411,14 @@ class PigmentLibrary:
         from ..energy import EnergyAxis
 
         ax = as_energy_axis(energy)
-        centres = ax.centres if isinstance(ax, EnergyAxis) else 0.5 * (ax[1:] + ax[:-1])
-        rows = self._spectra_rows(ax, instrument)
-        data = np.vstack(rows) if rows else np.zeros((0, centres.size))
-        coord = ax.to_coord() if isinstance(ax, EnergyAxis) else xr.DataArray(
-            centres, dims="energy", attrs={"units": "keV"})
+        if isinstance(ax, EnergyAxis):
+            spec, coord = ax, ax.to_coord()
+        else:  # non-uniform: keep the caller's bin centres (``ax`` holds the derived edges)
+            spec = np.asarray(energy.values if isinstance(energy, xr.DataArray) else energy,
+                              dtype=float)
+            coord = xr.DataArray(spec, dims="energy", attrs={"units": "keV"})
+        rows = self._spectra_rows(spec, instrument)
+        data = np.vstack(rows) if rows else np.zeros((0, coord.size))
         return xr.DataArray(
             data,
             dims=("pigment", "energy"),

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, GanxError, ImageError
+from ..io import file_sha256
 from .config import Option, load_config, validate
 
 __all__ = [
@@ -256,15 +257,6 @@ def collect_images(
         warnings.warn(f"skipping {len(skipped)} file(s) that are not images: {listed}",
                       UserWarning, stacklevel=2)
     return images, skipped
-
-
-def file_sha256(path: str | os.PathLike, blocksize: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(blocksize):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
