@@ -423,7 +423,8 @@ def _geometric_positions(rng: np.random.Generator, p: float, n: int) -> np.ndarr
     while True:
         mean = (n - 1 - last) * p
         size = int(mean + 6.0 * math.sqrt(mean) + 16.0)
-        pos = last + np.cumsum(rng.geometric(p, size=size))
+        # clipping a skip to n + 1 keeps every position < n and stops int64 overflow at tiny p
+        pos = last + np.cumsum(np.minimum(rng.geometric(p, size=size), n + 1))
         if pos[-1] >= n:
             parts.append(pos[pos < n])
             break

@@ -201,7 +201,8 @@ def _max_mean(count_model: str, counts: float, scale_max: float) -> float:
 
 
 #: Largest mean number of photons per pixel accepted (the Monte Carlo draws every photon: one
-#: uniform each, and a 64-px tile row keeps ``64 * N`` of them in a scratch buffer).
+#: uniform each; the plain sampler buffers at most ``max(N, 2^17)`` of them, but with pile-up or
+#: blur a whole 64-px tile row, ``64·N``, is buffered).
 MAX_COUNTS_PER_PIXEL = 1_000_000
 
 
@@ -553,38 +554,53 @@ def sample_tile(
         lab2 = np.ascontiguousarray(labels, dtype=np.int64)
         if tot is None:
             tot = np.where(lab2 >= 0, n_fixed, 0).astype(np.int64)
-        rows = max(1, _BATCH_PHOTONS_NUMBA // max(1, int(counts) * w))
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            m = int(tot[r0:r1].sum())
+        for r0, r1, c0, c1 in _batches(h, w, int(counts), _BATCH_PHOTONS_NUMBA):
+            m = int(tot[r0:r1, c0:c1].sum())
             u = _buffer("u", m, np.float64)
             rng.random(out=u)
-            view = out[r0:r1]
+            view = out[r0:r1, c0:c1]
             view[...] = 0
-            nk.alias_count(u, lab2[r0:r1], tot[r0:r1], ptab, atab, view)
+            nk.alias_count(u, lab2[r0:r1, c0:c1], tot[r0:r1, c0:c1], ptab, atab, view)
         return out
-    rows = max(1, _BATCH_PHOTONS // max(1, int(counts) * w))
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        lab = labels[r0:r1].ravel()
+    for r0, r1, c0, c1 in _batches(h, w, int(counts), _BATCH_PHOTONS):
+        lab = labels[r0:r1, c0:c1].ravel()
         npix = lab.size
         if tot is None:
             pix = np.flatnonzero(lab >= 0)
             nphot: np.ndarray | int = n_fixed
             m = pix.size * n_fixed
         else:
-            t = tot[r0:r1].ravel()
+            t = tot[r0:r1, c0:c1].ravel()
             pix = np.flatnonzero(t > 0)
             nphot = t[pix]
             m = int(nphot.sum())
         if m == 0:
-            out[r0:r1] = 0
+            out[r0:r1, c0:c1] = 0
             continue
         u = _buffer("u", m, np.float64)
         rng.random(out=u)
         c = _alias_count_numpy(u, lab[pix], pix, nphot, ptab, atab, E, npix)
-        out[r0:r1] = c.reshape(r1 - r0, w, E)
+        out[r0:r1, c0:c1] = c.reshape(r1 - r0, c1 - c0, E)
     return out
+
+
+def _batches(h: int, w: int, per_pixel: int, budget: int):
+    """Sub-batches ``(r0, r1, c0, c1)`` of a tile, in row-major pixel order, of ~``budget`` photons.
+
+    Whole rows while a row fits the budget; otherwise runs of pixels within a row (at least
+    one pixel), so the scratch buffers stay bounded for any ``N``.  The uniforms are drawn
+    sequentially batch after batch, so the batching never changes the cube.
+    """
+    per_row = max(1, per_pixel) * w
+    if per_row <= budget:
+        rows = budget // per_row
+        for r0 in range(0, h, rows):
+            yield r0, min(h, r0 + rows), 0, w
+        return
+    cols = max(1, budget // max(1, per_pixel))
+    for r0 in range(h):
+        for c0 in range(0, w, cols):
+            yield r0, r0 + 1, c0, min(w, c0 + cols)
 
 
 def _sample_tile_effects(

@@ -112,6 +112,39 @@ def _check_writable(path: Path) -> None:
     os.unlink(name)
 
 
+def _clear_store(target: Path) -> None:
+    """Delete a Zarr node's contents, its own ``zarr.json`` last.
+
+    Until that last unlink the directory is still recognised as a Zarr store, so a run killed
+    while clearing can still be overwritten (an unrecognised directory is never deleted).
+    """
+    meta = None
+    for child in list(target.iterdir()):
+        if child.name == "zarr.json":
+            meta = child
+        elif child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    if meta is not None:
+        meta.unlink()
+
+
+def _attrs_diff(stored: dict, requested: dict) -> list[str]:
+    """Keys whose values differ, one level into dict values: ``"parameters.counts (30 -> 31)"``."""
+    out = []
+    for k in sorted(set(stored) | set(requested)):
+        a, b = stored.get(k), requested.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(f"{k}.{s} ({a.get(s)!r} -> {b.get(s)!r})"
+                       for s in sorted(set(a) | set(b)) if a.get(s) != b.get(s))
+        else:
+            out.append(f"{k} ({a!r} -> {b!r})")
+    return out
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -203,7 +236,7 @@ def _write_template(ds: xr.Dataset, path: Path, group, region, codec, fp: str) -
     attrs = _jsonable(dict(ds.attrs))
     attrs.update(complete=False, template_complete=False, regions_total=int(ny * nx),
                  region_size=list(region), fingerprint=fp)
-    attrs.setdefault("resumed", [])
+    attrs["resumed"] = []  # a dataset read from another store carries that store's history
     small = ds.drop_vars(CUBE)
     small.attrs = attrs
     small.to_zarr(str(path), group=group, mode="w", zarr_format=3, consolidated=False)
@@ -368,9 +401,7 @@ def to_zarr(
         if "fingerprint" not in attrs:
             raise GanxError(f"cannot resume {str(target)!r}: not written by ganx_dask.store")
         if attrs["fingerprint"] != fp:
-            stored = _canonical_attrs(attrs)
-            diff = sorted(k for k in set(stored) | set(desc["attrs"])
-                          if stored.get(k) != desc["attrs"].get(k))
+            diff = _attrs_diff(_canonical_attrs(attrs), desc["attrs"])
             if not diff:
                 diff = ["variables/shapes/dtypes/region size/codec"]
             raise GanxError(
@@ -380,14 +411,14 @@ def to_zarr(
         need_template = not attrs.get("template_complete", False)
         if attrs.get("complete") and not need_template:
             log.info("store %s is already complete: 0 regions to compute", target)
+            if not _is_consolidated(path, group):  # killed between the last two steps
+                _consolidate(path, group)
             return str(path)
         resumed = list(attrs.get("resumed", []))
     elif exists and overwrite:
+        _clear_store(target)
         if group:
-            shutil.rmtree(target)
-        else:
-            for child in list(path.iterdir()):
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            target.rmdir()
         resumed = []
     else:
         resumed = []

@@ -84,6 +84,14 @@ def test_links_never_cross_pixels_and_follow_p():
     assert abs(z) < 4
 
 
+def test_tiny_link_probabilities_stay_in_range():
+    """Geometric skips near int64 range (p ≲ 1e-18) must neither wrap nor loop forever."""
+    n = np.full(100, 400)
+    for p in (1e-19, 1e-30, np.full(100, 1e-25)):
+        links = det.draw_pileup_links(np.random.default_rng(0), n, p)
+        assert np.all((links >= 0) & (links < n.sum()))
+
+
 def test_per_pixel_probabilities_are_thinned_exactly():
     rng = det.detector_rng(4, det.PILEUP_STREAM, 1, 2)
     P, N = 3000, 40

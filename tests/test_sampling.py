@@ -253,3 +253,23 @@ def test_sample_cube_is_lazy_and_validates():
     with pytest.raises(GanxError, match="no spectrum"):
         sampling.sample_block(np.full((4, 4), 5, np.int16), *sampling.alias_tables(d), seed=1,
                               counts=10)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_large_counts_batches_bounded_and_bit_identical(engine, monkeypatch):
+    """N·w beyond the batch budget: runs of pixels, not whole rows; the cube does not change."""
+    K, E, N = 2, 32, 5000
+    d = _spectra(K, E)
+    prob, alias = sampling.alias_tables(d)
+    lab = _labels(16, 64, K)
+    budget = sampling._BATCH_PHOTONS_NUMBA if engine == "numba" else sampling._BATCH_PHOTONS
+    assert N * 64 > budget
+    sampling._scratch.bufs = {}
+    out = sampling.sample_block(lab, prob, alias, seed=2, counts=N, engine=engine)
+    assert sampling._scratch.bufs["u"].size <= max(N, budget)
+    assert np.all(out.sum(axis=2, dtype=np.int64)[lab >= 0] == N)
+    monkeypatch.setattr(sampling, "_BATCH_PHOTONS", 1 << 30)  # whole tiles in one batch
+    monkeypatch.setattr(sampling, "_BATCH_PHOTONS_NUMBA", 1 << 30)
+    whole = sampling.sample_block(lab, prob, alias, seed=2, counts=N, engine=engine)
+    sampling._scratch.bufs = {}
+    np.testing.assert_array_equal(out, whole)

@@ -246,3 +246,62 @@ def test_open_cube_errors(tmp_path):
     with pytest.raises(GanxError, match="counts"):
         store.to_zarr(_dataset().drop_vars("counts"), tmp_path / "x.zarr")
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_resume_mismatch_names_sub_keys(reference, tmp_path):
+    import shutil
+
+    path = tmp_path / "sub.zarr"
+    shutil.copytree(reference, path)
+    ds = _dataset()
+    ds.attrs["parameters"] = {**ds.attrs["parameters"], "counts": 41}
+    with pytest.raises(GanxError, match=r"parameters\.counts \(40 -> 41\)"):
+        store.to_zarr(ds, path, resume=True)
+
+
+def test_rewrite_starts_a_fresh_resume_history(tmp_path):
+    src_path = tmp_path / "src.zarr"
+    with dask.config.set(scheduler="synchronous"), pytest.raises(RuntimeError, match="death"):
+        store.to_zarr(_dataset(fail_at=(0, 0)), src_path)
+    store.to_zarr(_dataset(), src_path, resume=True)
+    src = store.open_cube(src_path)
+    assert len(src.attrs["resumed"]) == 1
+    out = tmp_path / "copy.zarr"
+    store.to_zarr(src, out)
+    assert store.open_cube(out).attrs["resumed"] == []
+
+
+def test_overwrite_interrupted_while_clearing_stays_a_store(reference, tmp_path, monkeypatch):
+    import shutil
+
+    path = tmp_path / "cleared.zarr"
+    shutil.copytree(reference, path)
+
+    def dying_rmtree(p, *args, **kwargs):
+        raise OSError(f"simulated crash while deleting {p}")
+
+    monkeypatch.setattr(store.shutil, "rmtree", dying_rmtree)
+    with pytest.raises(OSError, match="simulated crash"):
+        store.to_zarr(_dataset(seed=6), path, overwrite=True)
+    monkeypatch.undo()
+    assert (path / "zarr.json").is_file()  # still recognised: a second overwrite may proceed
+    store.to_zarr(_dataset(seed=6), path, overwrite=True)
+    assert store.open_cube(path).attrs["seed"] == 6
+
+
+def test_resume_finishes_a_store_killed_before_consolidation(reference, tmp_path):
+    import json
+    import shutil
+
+    path = tmp_path / "unconsolidated.zarr"
+    shutil.copytree(reference, path)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta.pop("consolidated_metadata")
+    (path / "zarr.json").write_text(json.dumps(meta))
+    assert not store._is_consolidated(path, None)
+    COMPUTED_BLOCKS.clear()
+    store.to_zarr(_dataset(), path, resume=True)
+    assert COMPUTED_BLOCKS == [] and store._is_consolidated(path, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert xr.open_zarr(path).attrs["complete"] is True
