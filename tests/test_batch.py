@@ -266,3 +266,23 @@ def test_batch_on_a_local_cluster_config_gives_the_same_bytes(folder, dataset, t
     assert rc == 0, capsys.readouterr()
     for name in ("page_1", "page_3"):
         assert _files(dist, name) == _files(out, name)
+
+
+def test_config_detector_effects_reach_the_stores(folder, tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(folder / "page_0.png", imgs / "page_0.png")
+    det = {"pulse_pair_ns": 500.0, "dead_time_model": "nonparalyzable", "dead_time_us": 1.0,
+           "dwell_ms": 1.0, "blur_fwhm_px": 2.0}
+    cfg = tmp_path / "batch.yaml"
+    cfg.write_text(yaml.safe_dump({"seed": 7, "images": ["imgs"], "output": "out.zarr",
+                                   "generation": {**GEN, "count_model": "poisson",
+                                                  "detector": det}}))
+    report = run_batch(None, None, cfg)
+    assert report.generated == ["page_0"] and not report.failed
+    g = zarr.open_group(str(tmp_path / "out.zarr" / "page_0"), mode="r")
+    stored = dict(g.attrs["detector"])
+    assert {k: stored[k] for k in det} == det
+    live = np.asarray(g["live_time"][...])  # dead time on: live time per pixel, s
+    assert live.shape == tuple(report.manifest[0]["shape"])
+    assert np.all((live > 0) & (live < det["dwell_ms"] * 1e-3))
