@@ -38,13 +38,13 @@ FWHM pixels.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import dask.array as da
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, check_known_fields
 
 __all__ = [
     "DEAD_TIME_MODELS",
@@ -219,13 +219,7 @@ class DetectorEffects:
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`ConfigError` naming them."""
         if d is None:
             return cls()
-        if not isinstance(d, dict):
-            raise ConfigError(f"detector settings must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise ConfigError(f"unknown detector setting(s) {bad}; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**check_known_fields(d, cls, "detector settings"))
 
     # -- per-pixel quantities --------------------------------------------------------------
     def input_rate(self, expected_counts, counts: float) -> np.ndarray:

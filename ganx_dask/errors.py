@@ -14,6 +14,7 @@ __all__ = [
     "StoreExistsError",
     "IncompleteStoreWarning",
     "ConfigError",
+    "check_known_fields",
 ]
 
 
@@ -43,3 +44,23 @@ class ConfigError(GanxError):
 
 class IncompleteStoreWarning(UserWarning):
     """A store was opened whose generation did not finish (its ``complete`` flag is not set)."""
+
+
+def check_known_fields(d: object, cls: type, what: str) -> dict:
+    """``d`` as a dict after checking it is a mapping whose keys are fields of dataclass ``cls``.
+
+    Raises
+    ------
+    ConfigError
+        ``d`` is not a mapping, or has keys that are not fields (the message names them).
+    """
+    from collections.abc import Mapping
+    from dataclasses import fields
+
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{what} must be a mapping, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {unknown}; known: {sorted(known)}")
+    return dict(d)

@@ -41,7 +41,7 @@ from scipy.special import log_ndtr, ndtr
 from threadpoolctl import ThreadpoolController
 
 from ..energy import axis_edges
-from ..errors import ConfigError, EnergyAxisError, PigmentError
+from ..errors import ConfigError, EnergyAxisError, PigmentError, check_known_fields
 
 __all__ = [
     "ANODES",
@@ -372,13 +372,7 @@ class Instrument:
         ConfigError
             Unknown key or invalid value (the message names the field).
         """
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"instrument must be a mapping, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"instrument: unknown key(s) {unknown}; known: {sorted(known)}")
-        kw = dict(d)
+        kw = check_known_fields(d, cls, "instrument")
         if "filters" in kw and kw["filters"] is not None:
             kw["filters"] = tuple(tuple(x) for x in kw["filters"])
         return cls(**kw)
