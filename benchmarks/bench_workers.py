@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import dask
 
-    from ganx_dask.clusters import SCHEMAS, client_from_config
+    from ganx_dask.scheduling import SCHEMAS, client_from_config
     from ganx_dask.generator import generate
     from ganx_dask.pipelines.config import validate
     from ganx_dask.store import to_zarr

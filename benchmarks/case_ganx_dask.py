@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
         lib = lib.select(PAPER_PIGMENTS)
     ctx: contextlib.AbstractContextManager
     if a.scheduler.startswith("local:"):
-        from ganx_dask.clusters import cluster_from_config
+        from ganx_dask.scheduling import cluster_from_config
 
         n = int(a.scheduler.split(":")[1])
         cfg = os.path.join(tempfile.mkdtemp(prefix="ganx-bench-"), "local.yaml")

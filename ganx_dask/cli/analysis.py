@@ -282,7 +282,7 @@ def _version() -> str:
 
 def _run_inspect(args) -> int:
     from .._staging import staged_output
-    from ..cluster import scheduler_context
+    from ..scheduling import scheduler_context
 
     output = Path(args.output)
     # output problems surface before any work; the directory appears only when complete
@@ -315,7 +315,7 @@ def _run_compare(args) -> int:
     from .. import plotting
     from .._staging import staged_output
     from ..analysis import compare, flatten, sum_spectrum
-    from ..cluster import scheduler_context
+    from ..scheduling import scheduler_context
 
     staging = (staged_output(args.output, args.overwrite) if args.output
                else contextlib.nullcontext(None))
@@ -342,7 +342,7 @@ def _run_compare(args) -> int:
 
 
 def _run_paper(args) -> int:
-    from ..cluster import scheduler_context
+    from ..scheduling import scheduler_context
     from ..pipelines.paper import run_paper
 
     with scheduler_context(args.scheduler):

@@ -204,7 +204,7 @@ def _load_map(path: str):
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``ganx-dask generate``; returns the exit code."""
-    from ..cluster import scheduler_context
+    from ..scheduling import scheduler_context
     from ..errors import ConfigError
     from ..generator import generate
     from ..store import to_zarr

@@ -75,7 +75,7 @@ def _where(args, cfg) -> tuple[str | None, str | None]:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from ..cluster import scheduler_context
+    from ..scheduling import scheduler_context
     from ..pipelines.batch import load_batch_config, run_batch
 
     cfg = load_batch_config(args.config)
@@ -99,7 +99,7 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 
 def _run_mosaic(args: argparse.Namespace) -> int:
-    from ..cluster import scheduler_context
+    from ..scheduling import scheduler_context
     from ..pipelines.mosaic import load_mosaic_config, run_mosaic
 
     cfg = load_mosaic_config(args.config)

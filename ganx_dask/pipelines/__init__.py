@@ -3,7 +3,7 @@
 
 Each pipeline takes its configuration (a YAML file or a dict), works with whatever dask scheduler
 is active (the CLI sets one up from ``--scheduler``/``--cluster-config``, see
-:mod:`ganx_dask.cluster`), and writes resumable Zarr stores.
+:mod:`ganx_dask.scheduling`), and writes resumable Zarr stores.
 """
 
 from __future__ import annotations

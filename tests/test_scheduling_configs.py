@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ganx_dask.clusters import (
+from ganx_dask.scheduling import (
     KINDS,
     SCHEMAS,
     cluster_from_config,
@@ -124,12 +124,12 @@ def test_slurm_job_script_without_submitting(tmp_path):
         assert cluster.workers == {}  # nothing submitted
     assert "#SBATCH -p cpu" in script and "#SBATCH -A heritage" in script
     assert "#SBATCH --cpus-per-task=8" in script and "#SBATCH -t 04:00:00" in script
-    assert "-m ganx_dask.clusters" in script
+    assert "-m ganx_dask.scheduling" in script
     assert "--nworkers 8" in script and "--nthreads 1" in script and "--nanny" in script
     assert "--memory-limit 4.00GiB" in script
     assert "export MALLOC_TRIM_THRESHOLD_=262144" in script
     assert "export OMP_NUM_THREADS=1" in script
-    assert script.index("module load python") < script.index("-m ganx_dask.clusters")
+    assert script.index("module load python") < script.index("-m ganx_dask.scheduling")
 
 
 @requires_jobqueue
@@ -139,7 +139,7 @@ def test_pbs_job_script_without_submitting():
         script = cluster.job_script()
     assert "#PBS -l select=1:ncpus=8:mem=32GB" in script
     assert "#PBS -l walltime=04:00:00" in script
-    assert "-m ganx_dask.clusters" in script and "--nworkers 8" in script
+    assert "-m ganx_dask.scheduling" in script and "--nworkers 8" in script
     assert "MALLOC_TRIM_THRESHOLD_" not in script  # null: the launcher leaves it unset
 
 
@@ -151,7 +151,7 @@ def test_kubernetes_spec_without_a_cluster():
     worker = spec["spec"]["worker"]
     assert worker["replicas"] == 4
     (container,) = worker["spec"]["containers"]
-    assert container["args"][:3] == ["python", "-m", "ganx_dask.clusters"]
+    assert container["args"][:3] == ["python", "-m", "ganx_dask.scheduling"]
     assert container["args"][3:7] == ["--nthreads", "1", "--memory-limit", "4GiB"]
     assert container["resources"]["limits"]["memory"] == "5Gi"
     assert container["env"] is None  # no MALLOC_TRIM_THRESHOLD_ exported

@@ -1,8 +1,11 @@
-"""Dask clusters built from the YAML files in ``cluster_configs/``.
+"""Where dask runs: the active scheduler of a CLI/pipeline run, and clusters built from configs.
 
-Only the CLI and the pipelines call this module; library functions never build clusters, they use
-whatever scheduler is active.  A cluster configuration is a YAML mapping whose ``kind`` chooses the
-backend:
+Library functions never build clusters: they use whatever dask scheduler is active (a
+``distributed.Client`` made current, or the local default).  The CLI and the pipelines call
+:func:`scheduler_context` to set one up from ``--scheduler``/``--cluster-config``: a local dask
+scheduler, an existing distributed scheduler (address or scheduler file), or a cluster built from
+one of the YAML files in ``cluster_configs/`` (:func:`cluster_from_config`).  A cluster
+configuration is a YAML mapping whose ``kind`` chooses the backend:
 
 =============  ===========================================================  =====================
 ``kind``       what is built                                                needs
@@ -24,7 +27,7 @@ temporaries per tile) that costs +30–40 % wall time and +35–45 % CPU (measur
 so glibc keeps its dynamic mmap threshold; an integer sets it (bytes).
 
 Workers started by a batch system or Kubernetes cannot see our process's dask config, so those
-backends start workers with the launcher ``python -m ganx_dask.clusters [dask worker options]``,
+backends start workers with the launcher ``python -m ganx_dask.scheduling [dask worker options]``,
 which is ``dask worker`` with ``MALLOC_TRIM_THRESHOLD_`` removed from the nanny's pre-spawn
 environment.  For hand-started workers, point ``DASK_CONFIG`` at
 ``cluster_configs/dask/ganx-dask.yaml`` (or copy it into ``~/.config/dask/``), or use the launcher.
@@ -45,6 +48,8 @@ from .errors import ConfigError
 from .pipelines.config import Option, load_yaml, validate
 
 __all__ = [
+    "scheduler_context",
+    "LOCAL_SCHEDULERS",
     "KINDS",
     "SCHEMAS",
     "MALLOC_TRIM_KEY",
@@ -65,7 +70,7 @@ MALLOC_TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 _DISTRIBUTED_DEFAULT_TRIM = "65536"
 
 #: ``python -m`` target that starts a dask worker with ganx-dask's worker settings.
-WORKER_MODULE = "ganx_dask.clusters"
+WORKER_MODULE = "ganx_dask.scheduling"
 
 _MALLOC = Option(
     int,
@@ -274,7 +279,7 @@ def kubernetes_spec(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The ``DaskCluster`` resource (a dict) for a validated ``kind: kubernetes`` config.
 
     Built with :func:`dask_kubernetes.operator.make_cluster_spec`; workers run the ganx-dask
-    launcher (``python -m ganx_dask.clusters``) with the configured threads and memory limit, so
+    launcher (``python -m ganx_dask.scheduling``) with the configured threads and memory limit, so
     the nanny does not export ``MALLOC_TRIM_THRESHOLD_`` (unless ``malloc_trim_threshold`` is set).
 
     Raises
@@ -395,7 +400,7 @@ def check_worker_settings(client: Any) -> dict[str, str | None]:
         warnings.warn(
             f"{len(slow)} dask worker(s) run with MALLOC_TRIM_THRESHOLD_={_DISTRIBUTED_DEFAULT_TRIM} "
             "(distributed's default), which makes generation ~30 % slower; start workers with "
-            "DASK_CONFIG=cluster_configs/dask/ganx-dask.yaml or `python -m ganx_dask.clusters`",
+            "DASK_CONFIG=cluster_configs/dask/ganx-dask.yaml or `python -m ganx_dask.scheduling`",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -517,8 +522,75 @@ def cluster_from_config(path: str | os.PathLike) -> Iterator[Any]:
         yield client
 
 
+#: Names accepted by ``--scheduler`` that use dask's single-machine schedulers.
+LOCAL_SCHEDULERS = ("threads", "processes", "synchronous", "sync", "single-threaded")
+
+
+@contextlib.contextmanager
+def scheduler_context(
+    scheduler: str | None = None,
+    cluster_config: str | None = None,
+    *,
+    timeout: float = 10.0,
+) -> Iterator[object | None]:
+    """Activate a dask scheduler for the duration of the ``with`` block.
+
+    Parameters
+    ----------
+    scheduler : str or None
+        ``None`` or ``"threads"`` (default local threaded scheduler), ``"processes"``,
+        ``"synchronous"``, or the address of a running distributed scheduler (``tcp://host:port``)
+        or a scheduler file (``*.json``).
+    cluster_config : str or None
+        Path to a cluster configuration YAML (see ``cluster_configs/``); mutually exclusive with a
+        scheduler address.
+    timeout : float
+        Seconds to wait when connecting to a remote scheduler.
+
+    Yields
+    ------
+    distributed.Client or None
+        The client when a distributed scheduler is used, else ``None``.
+    """
+    if cluster_config is not None:
+        if scheduler not in (None, "threads"):
+            raise ConfigError("give either --scheduler ADDRESS or --cluster-config FILE, not both")
+        with cluster_from_config(cluster_config) as client:
+            yield client
+        return
+    if scheduler is None or scheduler in LOCAL_SCHEDULERS:
+        name = {"sync": "synchronous", "single-threaded": "synchronous"}.get(
+            scheduler or "threads", scheduler or "threads"
+        )
+        with dask.config.set(scheduler=name):
+            yield None
+        return
+    from distributed import Client
+
+    kwargs = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
+    if "scheduler_file" in kwargs and not os.path.exists(scheduler):
+        raise ConfigError(f"scheduler file {scheduler} does not exist (is `dask scheduler` running?)")
+    if "address" in kwargs and "://" not in scheduler and ":" not in scheduler:
+        raise ConfigError(
+            f"--scheduler {scheduler!r}: expected one of {', '.join(LOCAL_SCHEDULERS)}, "
+            "an address tcp://HOST:PORT or a scheduler file *.json"
+        )
+    try:
+        client = Client(timeout=timeout, **kwargs)
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(
+            f"cannot reach dask scheduler {scheduler!r} within {timeout:g} s: {exc}"
+        ) from exc
+    try:
+        if client.scheduler_info().get("workers"):
+            check_worker_settings(client)
+        yield client
+    finally:
+        client.close()
+
+
 def _worker_main(argv: list[str] | None = None) -> None:
-    """``dask worker`` with ganx-dask's nanny settings (``python -m ganx_dask.clusters ...``)."""
+    """``dask worker`` with ganx-dask's nanny settings (``python -m ganx_dask.scheduling ...``)."""
     from distributed.cli.dask_worker import main
 
     dask.config.set(worker_config(None))

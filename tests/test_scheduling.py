@@ -10,9 +10,8 @@ import dask.array as da
 import pytest
 import yaml
 
-from ganx_dask.cluster import scheduler_context
-from ganx_dask.clusters import cluster_from_config, worker_malloc_trim
 from ganx_dask.errors import ConfigError
+from ganx_dask.scheduling import cluster_from_config, scheduler_context, worker_malloc_trim
 
 from .dask_processes import ProcessCluster, clean_environ
 
@@ -94,7 +93,7 @@ def test_real_scheduler_and_worker_processes(tmp_path):
 
         # a worker started by the launcher without any dask config: trim unset
         env = {k: v for k, v in clean_environ().items() if k != "DASK_CONFIG"}
-        pc.add_worker(2, launcher=[sys.executable, "-m", "ganx_dask.clusters"], env=env)
+        pc.add_worker(2, launcher=[sys.executable, "-m", "ganx_dask.scheduling"], env=env)
         # a plain `dask worker` without the shipped config: distributed's 65536, and a warning
         pc.add_worker(3, env=env)
         pc.wait_for_workers(4)
