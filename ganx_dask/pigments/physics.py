@@ -60,8 +60,12 @@ __all__ = [
     "pigment_components",
     "pigment_spectrum",
     "render",
+    "read_excitation_spectrum",
     "render_many",
+    "sample_components",
+    "sample_spectrum",
     "solid_angle_sr",
+    "source_spectrum",
     "tube_spectrum",
     "validate_composition",
 ]
@@ -230,6 +234,102 @@ def validate_composition(comp: Mapping[str, float], where: str = "") -> None:
 # ------------------------------------------------------------------------------------------
 # instrument
 # ------------------------------------------------------------------------------------------
+# fields serialised only when they differ from these defaults (added after 0.1.0: older
+# instruments, libraries and store attributes keep their exact JSON)
+_OPTIONAL_FIELDS: dict[str, Any] = {
+    "excitation_kev": None, "excitation_spectrum": [], "polarisation_degree": 0.0,
+    "polarisation_azimuth_deg": 0.0,
+}
+
+
+def read_excitation_spectrum(path) -> tuple[tuple[float, float, bool], ...]:
+    """Rows ``(energy keV, relative flux, is_line)`` of an excitation-spectrum text file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Two or three columns (energy keV, relative flux, optional line flag 0/1), separated by
+        whitespace or commas; lines starting with ``#`` are comments.
+
+    Raises
+    ------
+    ConfigError
+        Missing/unreadable file or malformed content (the message names the file).
+    """
+    import os
+
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"instrument.excitation_spectrum: cannot read {name!r}: "
+                          f"{exc.strerror or exc}") from None
+    rows = []
+    for k, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].replace(",", " ").strip()
+        if not line:
+            continue
+        parts = line.split()
+        try:
+            rows.append([float(v) for v in parts])
+        except ValueError:
+            raise ConfigError(f"instrument.excitation_spectrum: {name!r} line {k}: not numbers: "
+                              f"{line!r}") from None
+    try:
+        return _excitation_rows(rows)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (file {name!r})") from None
+
+
+def _excitation_rows(spec) -> tuple[tuple[float, float, bool], ...]:
+    """Validated, energy-sorted rows ``(energy, flux, is_line)`` from rows or a file path."""
+    import os
+
+    where = "instrument.excitation_spectrum"
+    if spec is None:
+        return ()
+    if isinstance(spec, (str, os.PathLike)):
+        return read_excitation_spectrum(spec)
+    try:
+        raw = [list(r) for r in spec]
+    except TypeError:
+        raise ConfigError(f"{where}: must be rows of (energy_kev, flux[, is_line]) or a file "
+                          f"path, got {spec!r}") from None
+    if not raw:
+        return ()
+    rows = []
+    for i, r in enumerate(raw):
+        if len(r) not in (2, 3):
+            raise ConfigError(f"{where}: row {i} must have 2 or 3 values (energy_kev, flux"
+                              f"[, is_line]), got {r!r}")
+        try:
+            e, f = float(r[0]), float(r[1])
+            line = float(r[2]) if len(r) == 3 else 0.0
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: row {i} is not numeric: {r!r}") from None
+        if not (math.isfinite(e) and 0.0 < e <= 200.0):
+            raise ConfigError(f"{where}: row {i}: energy must be within (0, 200] keV, got {r[0]!r}")
+        if not (math.isfinite(f) and f >= 0.0):
+            raise ConfigError(f"{where}: row {i}: flux must be finite and >= 0, got {r[1]!r}")
+        if line not in (0.0, 1.0):
+            raise ConfigError(f"{where}: row {i}: is_line must be 0 or 1, got {r[2]!r}")
+        rows.append((e, f, bool(line)))
+    rows.sort(key=lambda r: (r[0], r[2]))
+    if sum(r[1] for r in rows) <= 0:
+        raise ConfigError(f"{where}: flux sums to zero")
+    cont = [r[0] for r in rows if not r[2]]
+    if len(cont) == 1:
+        raise ConfigError(f"{where}: a continuum needs at least two rows (bin edges lie midway "
+                          f"between neighbouring energies); flag a single energy as a line "
+                          f"(third column 1)")
+    if len(set(cont)) != len(cont):
+        raise ConfigError(f"{where}: repeated continuum energy (bins need distinct energies)")
+    if cont and cont[0] - 0.5 * (cont[1] - cont[0]) <= 0:
+        raise ConfigError(f"{where}: the first continuum bin would reach below 0 keV")
+    return tuple(rows)
+
+
 @dataclass(frozen=True)
 class Instrument:
     """Excitation and detection parameters of an MA-XRF scanner (hashable, equal by value).
@@ -278,8 +378,36 @@ class Instrument:
         broadening of Compton-scattered tube lines. Default 0.7.
     continuum_step_kev : float
         Width of the tube-continuum boxes, keV. Default 0.1.
+    excitation_kev : float or None
+        Monochromatic excitation (synchrotron beamline, monochromatised source), keV (1-200).
+        When set, the tube fields (``anode``, ``kv``, ``tube_*``, ``filters``) are ignored and the
+        sample sees one line of unit flux: its Rayleigh and Compton peaks replace the tube's.
+        Default None (X-ray tube).
+    excitation_spectrum : rows of (energy keV, relative flux[, is_line]) or a file path
+        A user-given excitation spectrum (polycapillary optics, secondary targets, measured or
+        simulated source spectra); the tube fields are ignored.  Rows with ``is_line`` true
+        (third column 1) are discrete lines; the others are bins of a continuum whose edges lie
+        midway between neighbouring continuum energies (the first and last bins are symmetric
+        about their energy), like the tube's continuum boxes.  A ``str``/``os.PathLike`` is read
+        as a text file of two or three whitespace- or comma-separated columns (``#`` comments);
+        the rows are stored (sorted by energy), so the instrument stays self-contained when
+        serialised.  Default ``()`` (X-ray tube).  Exclusive with ``excitation_kev``.
+    polarisation_degree : float
+        Degree of linear polarisation P of the excitation, 0-1 (0 = unpolarised, a tube;
+        synchrotron beams ≈ 0.9-0.99).  Default 0.
+    polarisation_azimuth_deg : float
+        Azimuth of the detector direction about the beam, measured from the polarisation vector,
+        degrees (0-180): 0 = detector in the polarisation plane (the usual synchrotron geometry:
+        horizontal plane, where Rayleigh scatter at 90° vanishes), 90 = perpendicular to it.
+        Used only when ``polarisation_degree > 0``.  Default 0.
     name : str
         Label only (not compared).
+
+    Notes
+    -----
+    ``to_dict()`` leaves out the excitation and polarisation fields while they have their
+    defaults, so instruments (and libraries, store attributes) written before these fields
+    existed serialise byte-identically.
     """
 
     anode: str = "Rh"
@@ -304,6 +432,10 @@ class Instrument:
     shelf_fraction: float = 0.001
     compton_profile_au: float = 0.7
     continuum_step_kev: float = 0.1
+    excitation_kev: float | None = None
+    excitation_spectrum: tuple[tuple[float, float, bool], ...] = ()
+    polarisation_degree: float = 0.0
+    polarisation_azimuth_deg: float = 0.0
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -350,6 +482,25 @@ class Instrument:
                 raise bad("filters", f"thickness of {f!r} must be >= 0 µm, got {t}")
         object.__setattr__(self, "filters", filt)
         object.__setattr__(self, "escape", bool(self.escape))
+        if self.excitation_kev is not None:
+            try:
+                ex = float(self.excitation_kev)
+            except (TypeError, ValueError):
+                raise bad("excitation_kev", f"must be a number or null, got "
+                                            f"{self.excitation_kev!r}") from None
+            if not (math.isfinite(ex) and 1.0 <= ex <= 200.0):
+                raise bad("excitation_kev", f"must be within 1-200 keV, got {self.excitation_kev!r}")
+            object.__setattr__(self, "excitation_kev", ex)
+        rows = _excitation_rows(self.excitation_spectrum)
+        object.__setattr__(self, "excitation_spectrum", rows)
+        if rows and self.excitation_kev is not None:
+            raise bad("excitation_spectrum", "give either excitation_kev (monochromatic) or "
+                                             "excitation_spectrum, not both")
+        if not 0.0 <= self.polarisation_degree <= 1.0:
+            raise bad("polarisation_degree", f"must be within 0-1, got {self.polarisation_degree}")
+        if not 0.0 <= self.polarisation_azimuth_deg <= 180.0:
+            raise bad("polarisation_azimuth_deg",
+                      f"must be within 0-180 degrees, got {self.polarisation_azimuth_deg}")
         object.__setattr__(self, "name", str(self.name))
 
     @property
@@ -357,10 +508,22 @@ class Instrument:
         """Scattering angle, degrees (180 − incidence − take-off, coplanar geometry)."""
         return 180.0 - self.incidence_deg - self.takeoff_deg
 
+    @property
+    def source(self) -> str:
+        """``"tube"``, ``"monochromatic"`` (``excitation_kev``) or ``"spectrum"``."""
+        if self.excitation_kev is not None:
+            return "monochromatic"
+        return "spectrum" if self.excitation_spectrum else "tube"
+
     def to_dict(self) -> dict:
-        """JSON-able dict of every parameter (``filters`` as lists)."""
+        """JSON-able dict of every parameter (``filters`` and ``excitation_spectrum`` as lists;
+        excitation/polarisation fields only when they differ from their defaults)."""
         d = asdict(self)
         d["filters"] = [[f, t] for f, t in self.filters]
+        d["excitation_spectrum"] = [[e, f, b] for e, f, b in self.excitation_spectrum]
+        for k, default in _OPTIONAL_FIELDS.items():
+            if d[k] == default:
+                del d[k]
         return d
 
     @classmethod
@@ -375,6 +538,8 @@ class Instrument:
         kw = check_known_fields(d, cls, "instrument")
         if "filters" in kw and kw["filters"] is not None:
             kw["filters"] = tuple(tuple(x) for x in kw["filters"])
+        if kw.get("excitation_spectrum") is None:
+            kw.pop("excitation_spectrum", None)
         return cls(**kw)
 
     @classmethod
@@ -410,6 +575,12 @@ PRESETS: dict[str, Instrument] = {
     "lab-mo": Instrument(anode="Mo", kv=40.0, name="lab-mo"),
     # W-anode scanner at 50 kV.
     "lab-w": Instrument(anode="W", kv=50.0, name="lab-w"),
+    # Synchrotron MA-XRF beamline: monochromatic 16 keV, 98 % linearly polarised in the
+    # horizontal plane, sample at 45°, 50 mm² SDD at 20 mm and 90° in that plane (elastic and
+    # Compton scatter ≈ 17× below an unpolarised beam's).
+    "synchrotron-16kev": Instrument(excitation_kev=16.0, polarisation_degree=0.98,
+                                    polarisation_azimuth_deg=0.0, det_distance_mm=20.0,
+                                    name="synchrotron-16kev"),
 }
 
 
@@ -544,6 +715,9 @@ class TubeSpectrum:
         Continuum box edges, keV.
     box_intensity : numpy.ndarray
         Photons / (s · sr · mA) in each box.
+    box_energy : numpy.ndarray or None
+        Energy at which each box is evaluated (a user spectrum's given energies); ``None`` =
+        the box centres.
     """
 
     line_energy: np.ndarray
@@ -552,6 +726,12 @@ class TubeSpectrum:
     box_lo: np.ndarray
     box_hi: np.ndarray
     box_intensity: np.ndarray
+    box_energy: np.ndarray | None = None
+
+    @property
+    def box_centre(self) -> np.ndarray:
+        """Energy at which each continuum box is evaluated, keV (``box_energy`` or the centre)."""
+        return 0.5 * (self.box_lo + self.box_hi) if self.box_energy is None else self.box_energy
 
 
 def _ebel_rhoz(z: int, e0: float, u0: np.ndarray) -> np.ndarray:
@@ -699,6 +879,47 @@ def tube_spectrum(instrument: Instrument | None = None) -> TubeSpectrum:
     """
     with _single_threaded():
         return _tube_cached(_as_instrument(instrument).key())
+
+
+def source_spectrum(instrument: Instrument | str | None = None) -> TubeSpectrum:
+    """The excitation reaching the air path: tube, monochromatic line or user spectrum.
+
+    * tube (default): :func:`tube_spectrum`;
+    * ``excitation_kev``: one line of unit flux labelled ``"beam <E> keV"``, no continuum;
+    * ``excitation_spectrum``: its line rows as lines (``"beam <E> keV"``) and its continuum
+      rows as boxes with edges midway between neighbouring energies, evaluated at the given
+      energies, intensities = the given relative fluxes.
+
+    Parameters
+    ----------
+    instrument : Instrument, preset name, dict or None
+
+    Returns
+    -------
+    TubeSpectrum
+        Intensities in the tube's photons/(s·sr·mA), or in the user's flux units.
+    """
+    inst = _as_instrument(instrument)
+    if inst.source == "tube":
+        return tube_spectrum(inst)
+    if inst.source == "monochromatic":
+        rows = ((inst.excitation_kev, 1.0, True),)
+    else:
+        rows = inst.excitation_spectrum
+    lines = [(e, f) for e, f, is_line in rows if is_line]
+    cont = np.array([(e, f) for e, f, is_line in rows if not is_line], dtype=float).reshape(-1, 2)
+    ce = cont[:, 0]
+    if ce.size:
+        mid = 0.5 * (ce[1:] + ce[:-1])
+        edges = np.concatenate([[ce[0] - (mid[0] - ce[0])], mid, [ce[-1] + (ce[-1] - mid[-1])]])
+    else:
+        edges = np.zeros(1)
+    return TubeSpectrum(
+        line_energy=np.array([e for e, _ in lines], dtype=float),
+        line_intensity=np.array([f for _, f in lines], dtype=float),
+        line_label=tuple(f"beam {e:.6g} keV" for e, _ in lines),
+        box_lo=edges[:-1], box_hi=edges[1:], box_intensity=cont[:, 1], box_energy=ce,
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -874,12 +1095,78 @@ def _layer_integral(chi: np.ndarray, rho_t: float) -> np.ndarray:
 
 
 def _incident_beam(inst: Instrument) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Incident energies and weights (tube lines then box centres) after the air path."""
-    t = tube_spectrum(inst)
-    centres = 0.5 * (t.box_lo + t.box_hi)
-    e = np.concatenate([t.line_energy, centres])
+    """Incident energies and weights (source lines then box energies) after the air path."""
+    t = source_spectrum(inst)
+    e = np.concatenate([t.line_energy, t.box_centre])
     w = np.concatenate([t.line_intensity, t.box_intensity]) * _air_transmission(inst, e)
     return e, w, t.box_lo, t.box_hi
+
+
+@lru_cache(maxsize=64)
+def _acceptance_nodes(theta0: float, azimuth0: float, half_angle: float,
+                      n_polar: int = 4, n_azimuth: int = 8) -> tuple[np.ndarray, np.ndarray,
+                                                                      np.ndarray]:
+    """Directions (θ, φ, weight) covering the detector's cone, uniformly in solid angle.
+
+    The beam runs along z, the polarisation vector along x; the detector's central direction
+    has scattering angle ``theta0`` and azimuth ``azimuth0`` (rad, from x).  The cone of
+    half-angle ``half_angle`` (the disc seen from the sample) is covered with Gauss-Legendre
+    nodes in cos γ (γ = angle from the central direction) times equally spaced azimuths about
+    it: exact for the solid-angle average of polynomials of degree ≤ 7 in cos γ and of
+    trigonometric polynomials of degree ≤ 7 in the azimuth.  Weights sum to 1.
+    """
+    c = np.array([math.sin(theta0) * math.cos(azimuth0), math.sin(theta0) * math.sin(azimuth0),
+                  math.cos(theta0)])
+    helper = np.array([0.0, 0.0, 1.0]) if abs(c[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    u = np.cross(c, helper)
+    u /= np.linalg.norm(u)
+    v = np.cross(c, u)
+    gx, gw = np.polynomial.legendre.leggauss(n_polar)
+    cmin = math.cos(half_angle)
+    cg = 0.5 * (1.0 + cmin) + 0.5 * (1.0 - cmin) * gx
+    sg = np.sqrt(np.maximum(1.0 - cg**2, 0.0))
+    az = 2.0 * math.pi * (np.arange(n_azimuth) + 0.5) / n_azimuth
+    n = (cg[:, None, None] * c + sg[:, None, None] * (np.cos(az)[None, :, None] * u
+                                                       + np.sin(az)[None, :, None] * v))
+    n = n.reshape(-1, 3)
+    th = np.arccos(np.clip(n[:, 2], -1.0, 1.0))
+    ph = np.arctan2(n[:, 1], n[:, 0])
+    w = np.repeat(gw / gw.sum(), n_azimuth) / n_azimuth
+    return th, ph, w
+
+
+def _detector_half_angle(inst: Instrument) -> float:
+    """Half-angle of the cone the detector disc subtends at the sample, rad."""
+    return math.atan(math.sqrt(inst.det_area_mm2 / math.pi) / inst.det_distance_mm)
+
+
+def _scatter_dcs(z: np.ndarray, wz: np.ndarray, e0: np.ndarray, theta: float,
+                 inst: Instrument) -> tuple[np.ndarray, np.ndarray]:
+    """Rayleigh and Compton differential cross sections (cm²/g/sr) of a mix at ``e0``.
+
+    Unpolarised excitation (``polarisation_degree == 0``): xraylib ``DCS_Rayl``/``DCS_Compt``
+    at the central scattering angle ``theta`` (rad).  A beam with linear polarisation degree
+    P: ``½(1 + P)·DCSP(θ, φ) + ½(1 − P)·DCSP(θ, φ + 90°)`` (``DCSP_Rayl``/``DCSP_Compt``, φ
+    the azimuth from the polarisation vector), averaged over the detector's cone
+    (:func:`_acceptance_nodes`), which is what fills in the zero of in-plane Rayleigh scatter
+    at 90° for a real detector.
+    """
+    if inst.polarisation_degree == 0.0:
+        th = np.array([theta])
+        return (wz @ xn.DCS_Rayl(z, e0, th)[:, :, 0], wz @ xn.DCS_Compt(z, e0, th)[:, :, 0])
+    p = inst.polarisation_degree
+    th, ph, w = _acceptance_nodes(float(theta), math.radians(inst.polarisation_azimuth_deg),
+                                  _detector_half_angle(inst))
+    dr = np.zeros(e0.size)
+    dc = np.zeros(e0.size)
+    for t, f, wk in zip(th, ph, w, strict=True):
+        for phi, frac in ((f, 0.5 * (1.0 + p)), (f + 0.5 * math.pi, 0.5 * (1.0 - p))):
+            if frac == 0.0:
+                continue
+            a_t, a_p = np.array([t]), np.array([phi])
+            dr += (wk * frac) * (wz @ xn.DCSP_Rayl(z, e0, a_t, a_p)[:, :, 0, 0])
+            dc += (wk * frac) * (wz @ xn.DCSP_Compt(z, e0, a_t, a_p)[:, :, 0, 0])
+    return dr, dc
 
 
 def _compton(e: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -889,7 +1176,7 @@ def _compton(e: np.ndarray, theta: np.ndarray) -> np.ndarray:
 
 def _compute(pigment, inst: Instrument) -> SpectrumComponents:
     mats = _layers(pigment)
-    tube = tube_spectrum(inst)
+    tube = source_spectrum(inst)
     e0, w0, blo, bhi = _incident_beam(inst)
     n_lines_tube = tube.line_energy.size
     sa = math.sin(math.radians(inst.incidence_deg))
@@ -959,8 +1246,7 @@ def _compute(pigment, inst: Instrument) -> SpectrumComponents:
     for j, mat in enumerate(mats):
         z = np.array(list(mat.elements), dtype=int)
         wz = np.array(list(mat.elements.values()))
-        dr = wz @ xn.DCS_Rayl(z, e0, theta)[:, :, 0]
-        dc = wz @ xn.DCS_Compt(z, e0, theta)[:, :, 0]
+        dr, dc = _scatter_dcs(z, wz, e0, theta[0], inst)
         mu_c = _mu(mat.elements, ec)
         g_r = _layer_integral(mu_in[j] / sa + mu_in[j] / sb, mat.rho_t)
         g_c = _layer_integral(mu_in[j] / sa + mu_c / sb, mat.rho_t)
@@ -1183,7 +1469,8 @@ def _check_axis_reached(components: list[SpectrumComponents], ed: np.ndarray) ->
             for c in components]
     emax = max(tops, default=-np.inf)
     if np.isfinite(emax) and ed[0] >= emax:
-        kv = {getattr(c.instrument, "kv", None) for c in components} - {None}
+        kv = {getattr(c.instrument, "kv", None) for c in components
+              if getattr(c.instrument, "source", "tube") == "tube"} - {None}
         tube = f"; tube {', '.join(f'{v:g}' for v in sorted(kv))} kV" if kv else ""
         raise EnergyAxisError(
             f"energy axis {ed[0]:g}-{ed[-1]:g} keV starts above the highest photon energy of "
@@ -1345,3 +1632,58 @@ def pigment_spectrum(pigment, energy, instrument: Instrument | str | None = None
     comps = pigment_components(pigment, instrument)
     inst = None if instrument is None else _as_instrument(instrument)
     return render(comps, axis_edges(energy), inst if inst is not None else comps.instrument)
+
+
+def sample_components(composition: Mapping[str, float], density: float,
+                      thickness_um: float | None = None, ground=(),
+                      instrument: Instrument | str | None = None,
+                      name: str = "sample") -> SpectrumComponents:
+    """Components of any sample (not a library pigment): a layer of ``composition`` over ``ground``.
+
+    Parameters
+    ----------
+    composition : Mapping[str, float]
+        Formula or element -> mass fraction (normalised), e.g. ``{"H2O": 1.0, "Co": 5e-4}``
+        for water with 500 ppm Co.
+    density : float
+        g/cm³.
+    thickness_um : float or None
+        Layer thickness, µm (None = infinitely thick).
+    ground : sequence of Layer
+        Layers below, top first (see :class:`ganx_dask.pigments.model.Layer`).
+    instrument : Instrument, preset name, dict or None
+    name : str
+        Used in error messages.
+
+    Returns
+    -------
+    SpectrumComponents
+        Every line labelled ``"<element> <IUPAC line>"`` (e.g. ``"Co KL3"``), so per-element
+        parts can be picked with :meth:`SpectrumComponents.lines_of`.
+
+    Raises
+    ------
+    PigmentError
+        Bad composition, density or thickness (the message names ``name``).
+    """
+    from .model import Pigment
+
+    pig = Pigment(name=name, rgb=(0, 0, 0), composition=composition, density=density,
+                  thickness_um=thickness_um, ground=tuple(ground))
+    return compute_components(pig, instrument)
+
+
+def sample_spectrum(composition: Mapping[str, float], energy, density: float,
+                    thickness_um: float | None = None, ground=(),
+                    instrument: Instrument | str | None = None) -> np.ndarray:
+    """Counts per channel of :func:`sample_components` on ``energy`` (not normalised).
+
+    Parameters
+    ----------
+    composition, density, thickness_um, ground, instrument
+        See :func:`sample_components`.
+    energy : EnergyAxis, str or array-like
+        See :func:`ganx_dask.energy.as_energy_axis`.
+    """
+    comps = sample_components(composition, density, thickness_um, ground, instrument)
+    return render(comps, axis_edges(energy), comps.instrument)
