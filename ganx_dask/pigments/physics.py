@@ -1345,7 +1345,8 @@ def compute_components(pigment, instrument: Instrument | str | None = None) -> S
     hit = _COMPONENT_CACHE.get(key)
     if hit is not None:
         _COMPONENT_CACHE.move_to_end(key)
-        return hit
+        # the key ignores the instrument's name (a label): return the caller's instrument
+        return hit if hit.instrument is inst else replace(hit, instrument=inst)
     # xraylib_np loops use OpenMP: on small arrays and a busy machine (dask threads) the thread
     # team costs 10-100x the work, so keep them (and BLAS) single-threaded here.
     with _single_threaded():
