@@ -44,6 +44,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 
+from .alias import alias_tables
 from .errors import ConfigError, check_known_fields
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "PsfTable",
     "detector_rng",
     "pileup_probability",
+    "photons_for_events",
     "draw_pileup_links",
     "pileup_chains",
     "summed_channels",
@@ -269,6 +271,36 @@ class DetectorEffects:
             lam, self.dwell_ms * 1e-3, self.dead_time_us * 1e-6, self.dead_time_model
         )
 
+    def photon_means(self, expected_counts, counts: float):
+        """Mean photons the sampler draws per pixel (before pile-up merges them).
+
+        Parameters
+        ----------
+        expected_counts : float or array-like
+            Expected *true* photons of each pixel during the dwell ``λ``, counts.
+        counts : float
+            The nominal ``N`` of the count model, counts (sets the rate with
+            ``input_rate_cps``).
+
+        Returns
+        -------
+        float or ndarray float64
+            ``λ`` without dead time (pile-up then removes the merged photons, so the recorded
+            rate is ``(1 − p)·n``); the recorded mean ``λ_rec`` (:meth:`recorded_counts`) with
+            dead time alone; with dead time *and* pile-up the ``μ`` whose recorded events
+            after merging have mean ``λ_rec`` (:func:`photons_for_events`).  A dead-time model
+            already removes every event that arrives while the detector is busy, including the
+            second photon of a pulse pair, so pile-up must not remove it again: then
+            ``counts / live_time = n``, the input rate.  The input is returned unchanged (the
+            same object) when no dead-time model is set.
+        """
+        if not self.dead_time:
+            return expected_counts
+        rec = self.recorded_counts(expected_counts)[0]
+        if self.pileup:
+            rec = photons_for_events(rec, self.link_probability(expected_counts, counts))
+        return float(rec) if np.ndim(expected_counts) == 0 else rec
+
 
 def detector_rng(seed: int, stream: int, ty: int, tx: int) -> np.random.Generator:
     """Generator of a detector effect for tile ``(ty, tx)`` of the global grid.
@@ -408,6 +440,49 @@ def pileup_probability(rate_cps, pulse_pair_ns: float) -> np.ndarray:
     """
     x = np.asarray(rate_cps, dtype=np.float64) * (float(pulse_pair_ns) * 1e-9)
     return -np.expm1(-x)
+
+
+def photons_for_events(events, p_link) -> np.ndarray:
+    """Poisson mean of photons whose pile-up leaves ``events`` recorded events on average.
+
+    A pixel with ``T ~ Poisson(μ)`` photons has ``max(T − 1, 0)`` gaps, each short (merged)
+    with probability ``p``, so its expected events are
+    ``f(μ) = μ − p·(μ − 1 + e^{−μ}) = μ(1 − p) + p(1 − e^{−μ})``.  ``f`` is increasing and
+    concave with ``f(0) = 0``; this solves ``f(μ) = events`` by Newton's method from
+    ``events/(1 − p)`` (above the root: the first step lands below it and the iterates then
+    rise monotonically), to float64 precision.
+
+    Parameters
+    ----------
+    events : float or array-like
+        Wanted mean recorded events per pixel, counts (≥ 0).
+    p_link : float or array-like
+        Probability of a short gap (:func:`pileup_probability`), in [0, 1).
+
+    Returns
+    -------
+    ndarray float64
+        ``μ``, counts (``0`` where ``events`` is 0).
+
+    Raises
+    ------
+    ConfigError
+        When ``p ≥ 1`` and events > 0 (every photon would merge into one event).
+    """
+    ev, p = np.broadcast_arrays(np.asarray(events, dtype=np.float64),
+                                np.asarray(p_link, dtype=np.float64))
+    if np.any((p >= 1.0) & (ev > 0)):
+        raise ConfigError("pile-up probability 1 (detector.pulse_pair_ns × rate far too large): "
+                          "every photon would merge into one event")
+    q = 1.0 - p
+    mu = np.divide(ev, q, out=np.zeros_like(ev), where=ev > 0)
+    for _ in range(60):
+        e = np.exp(-mu)
+        step = (mu * q + p * (1.0 - e) - ev) / (q + p * e)
+        mu = np.maximum(mu - step, 0.0)
+        if np.all(np.abs(step) <= 1e-15 * np.maximum(mu, 1.0)):
+            break
+    return mu
 
 
 def _geometric_positions(rng: np.random.Generator, p: float, n: int) -> np.ndarray:
@@ -905,8 +980,6 @@ class PsfTable:
 
 def psf_table(fwhm_px: float, truncate: float = 3.0) -> PsfTable:
     """The PSF kernel of :func:`psf_kernel` with its alias table (exact in float64)."""
-    from .sampling import alias_tables  # lazy: sampling imports this module
-
     dy, dx, w = psf_kernel(fwhm_px, truncate)
     prob, alias = alias_tables(w[None, :])
     K = w.size

@@ -58,6 +58,7 @@ import dask.array as da
 import numpy as np
 
 from . import detector as _det
+from .alias import alias_tables
 from .errors import ConfigError, GanxError
 
 __all__ = [
@@ -106,74 +107,6 @@ def has_numba() -> bool:
 # --------------------------------------------------------------------------------------------
 # alias tables
 # --------------------------------------------------------------------------------------------
-def _check_spectra(spectra: np.ndarray) -> np.ndarray:
-    d = np.asarray(spectra, dtype=np.float64)
-    if d.ndim == 1:
-        d = d[None, :]
-    if d.ndim != 2 or d.shape[1] < 1 or d.shape[0] < 1:
-        raise GanxError(f"spectra must be a 2-D array (cluster, energy), got shape {d.shape}")
-    if not np.all(np.isfinite(d)):
-        raise GanxError("spectra contain NaN or infinite values")
-    if np.any(d < 0):
-        raise GanxError("spectra contain negative probabilities")
-    s = d.sum(axis=1)
-    if np.any(s <= 0):
-        bad = np.flatnonzero(s <= 0).tolist()
-        raise GanxError(f"spectra rows {bad} are all zero: a spectrum needs at least one count")
-    return d / s[:, None]
-
-
-def alias_tables(spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Build Walker alias tables for each spectrum (Vose's stable construction).
-
-    Parameters
-    ----------
-    spectra : ndarray, shape (K, E), float
-        One probability distribution over the ``E`` energy channels per cluster (rows are
-        normalised to sum to 1; negative, non-finite or all-zero rows raise ``GanxError``).
-
-    Returns
-    -------
-    prob : ndarray, shape (K, E), float64
-        Acceptance threshold of each column, in [0, 1].
-    alias : ndarray, shape (K, E), int32
-        Channel returned when the coin exceeds ``prob``.  ``alias[k, j] == j`` where
-        ``prob[k, j] == 1``.
-
-    Notes
-    -----
-    Column ``j`` is chosen with probability ``1/E``; it yields ``j`` with probability
-    ``prob[k, j]`` and ``alias[k, j]`` otherwise, so channel ``e`` is drawn with probability
-    ``(prob[k, e] + Σ_{j: alias[k,j]=e} (1 − prob[k, j])) / E = d[k, e]`` exactly up to float64
-    rounding (residuals are subtracted as ``(q_l + q_s) − 1`` as Vose recommends).  Channels with
-    ``d = 0`` get ``prob = 0`` and an alias with ``d > 0``, so they can never be drawn.
-    """
-    d = _check_spectra(spectra)
-    K, E = d.shape
-    prob = np.ones((K, E), dtype=np.float64)
-    alias = np.tile(np.arange(E, dtype=np.int32), (K, 1))
-    for k in range(K):
-        q = (d[k] * E).tolist()
-        small = [i for i in range(E) if q[i] < 1.0]
-        large = [i for i in range(E) if q[i] >= 1.0]
-        pk = prob[k]
-        ak = alias[k]
-        while small and large:
-            s = small.pop()
-            l_ = large[-1]
-            pk[s] = q[s]
-            ak[s] = l_
-            q[l_] = (q[l_] + q[s]) - 1.0
-            if q[l_] < 1.0:
-                large.pop()
-                small.append(l_)
-        # leftovers hold q == 1 up to rounding: keep prob = 1, alias = self
-        zero = d[k] == 0.0
-        if np.any(zero & (pk > 0.0)):  # pragma: no cover - cannot happen with finite rounding
-            raise RuntimeError("alias construction left mass on a zero-probability channel")
-    return prob, alias
-
-
 def _padded_tables(prob: np.ndarray, alias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Kernel form of the tables: rows of stride ``E + 1`` and absolute alias indices.
 
@@ -400,34 +333,49 @@ def _resolve_engine(engine: str) -> str:
     return engine
 
 
+def _pixel_means(
+    count_model: str, counts: float, labels: np.ndarray, scale: np.ndarray | None,
+    effects: _det.DetectorEffects | None = None,
+):
+    """Valid pixels and their photon means (random models; ``fixed``: ``N``).
+
+    Returns ``(valid, true, photons)``: the mask of labels ≥ 0, the expected *true* photons of
+    each valid pixel (a float for ``fixed``/``poisson``, else an array in row-major order) and
+    the Poisson means the sampler draws (dead time and its interplay with pile-up included,
+    :meth:`~ganx_dask.detector.DetectorEffects.photon_means`).
+    """
+    valid = labels >= 0
+    if count_model == "luminosity":
+        if scale is None:
+            raise GanxError("count_model 'luminosity' needs a scale map")
+        s = np.asarray(scale, dtype=np.float64)[valid]
+        if not np.all(np.isfinite(s)) or np.any(s < 0):
+            raise GanxError("luminosity scale must be finite and non-negative")
+        true = float(counts) * s
+    else:
+        true = float(counts)
+    photons = true if effects is None or count_model == "fixed" else \
+        effects.photon_means(true, counts)
+    return valid, true, photons
+
+
 def _pixel_totals(
     count_model: str, counts: float, labels: np.ndarray, scale: np.ndarray | None,
     rng: np.random.Generator, dtype: np.dtype, effects: _det.DetectorEffects | None = None,
 ) -> np.ndarray | None:
     """Photons per pixel (int64, 0 for label −1) for the random models; None for ``fixed``.
 
-    With a dead-time model the Poisson means are the expected *recorded* counts
-    (:meth:`~ganx_dask.detector.DetectorEffects.recorded_counts`).
+    With a dead-time model the Poisson means are the expected *recorded* counts, raised with
+    pile-up so that the recorded events after merging keep that mean
+    (:meth:`~ganx_dask.detector.DetectorEffects.photon_means`).
     """
     if count_model == "fixed":
         return None
-    dead = effects is not None and effects.dead_time
-    valid = labels >= 0
+    valid, _, lam = _pixel_means(count_model, counts, labels, scale, effects)
     tot = np.zeros(labels.shape, dtype=np.int64)
-    if count_model == "poisson":
-        lam = float(counts)
-        if dead:
-            lam = float(effects.recorded_counts(lam)[0])
+    if np.ndim(lam) == 0:
         tot[valid] = rng.poisson(lam, size=int(valid.sum()))
     else:
-        if scale is None:
-            raise GanxError("count_model 'luminosity' needs a scale map")
-        s = np.asarray(scale, dtype=np.float64)[valid]
-        if not np.all(np.isfinite(s)) or np.any(s < 0):
-            raise GanxError("luminosity scale must be finite and non-negative")
-        lam = float(counts) * s
-        if dead:
-            lam = effects.recorded_counts(lam)[0]
         tot[valid] = rng.poisson(lam)
     if tot.size and tot.max() > np.iinfo(dtype).max:
         raise OverflowError(

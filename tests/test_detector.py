@@ -563,6 +563,45 @@ def test_cube_dead_time_recorded_counts(model):
     assert (((tot - m2) ** 2) / m2).sum() > dof + 10 * math.sqrt(2 * dof)
 
 
+def test_photons_for_events_inverts_the_expected_merges():
+    """μ(1 − p) + p(1 − e^−μ) = events, checked against the Poisson sum of T − p·(T − 1)⁺."""
+    from scipy.stats import poisson
+
+    ev = np.array([0.0, 0.05, 1.0, 7.5, 400.0, 1e5])
+    for p in (0.0, 0.012, 0.2, 0.6):
+        mu = det.photons_for_events(ev, p)
+        assert mu[0] == 0.0 and np.all(np.diff(mu) > 0)
+        for m, e in zip(mu[1:5], ev[1:5], strict=True):
+            t = np.arange(0, int(m + 40 * math.sqrt(m) + 50))
+            got = float((poisson.pmf(t, m) * (t - p * np.maximum(t - 1, 0))).sum())
+            assert got == pytest.approx(e, rel=1e-12, abs=1e-14)
+    assert float(det.photons_for_events(400.0, 0.0)) == 400.0
+    with pytest.raises(ConfigError, match="pile-up probability 1"):
+        det.photons_for_events(10.0, 1.0)
+
+
+@pytest.mark.parametrize("dwell_ms,model", [(10.0, "nonparalyzable"), (2.0, "nonparalyzable"),
+                                            (0.5, "paralyzable")])
+def test_pileup_and_dead_time_keep_counts_over_live_time_at_the_input_rate(dwell_ms, model):
+    """Pile-up must not remove the events dead time already removed: counts / live = n."""
+    N, tau_pp = 400.0, 300.0  # input rate n = N / dwell: 40, 200, 800 kcps
+    lab = np.zeros((64, 64), dtype=np.int16)
+    fx = det.DetectorEffects(pulse_pair_ns=tau_pp, dwell_ms=dwell_ms, dead_time_model=model,
+                             dead_time_us=1.0)
+    # one low line on a wide axis: chains of up to 13 photons stay on it (nothing is lost)
+    cube = _cube(lab, _two_line_spectra(WIDE)[1:], fx, counts=N, count_model="poisson",
+                 axis=WIDE)
+    live = det.live_time_map(fx, da.from_array(lab, chunks=32), N).compute()
+    n = N / (dwell_ms * 1e-3)
+    p = float(fx.link_probability(N, N))
+    total = float(cube.sum(dtype=np.int64))
+    expected = n * float(live.sum(dtype=np.float64))  # counts / live_time = n
+    sd = math.sqrt(expected)  # recorded events: variance ≈ μ(1 − p) ≈ their mean
+    assert abs(total - expected) < 4.5 * sd, (n, total, expected)
+    # the double-counting rate (1 − p)·n is clearly rejected at every rate tested
+    assert abs(total - (1 - p) * expected) > 10 * sd, (n, p)
+
+
 def test_sampler_rejects_inconsistent_detector_settings():
     lab = da.zeros((16, 16), dtype=np.int16, chunks=16)
     spectra = _two_line_spectra()

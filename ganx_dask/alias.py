@@ -1,0 +1,123 @@
+"""Walker alias tables: O(1) draws from a discrete distribution (Vose's construction).
+
+Shared by the Monte Carlo sampler (:mod:`ganx_dask.sampling`, one table per cluster spectrum)
+and the beam-spot blur (:mod:`ganx_dask.detector`, one table over the PSF offsets).  It depends
+on nothing else in the package, so both can import it without importing each other.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import GanxError
+
+__all__ = ["alias_distributions", "alias_tables", "check_distributions"]
+
+
+def check_distributions(spectra: np.ndarray) -> np.ndarray:
+    """Validate distributions over channels and normalise each row to sum 1.
+
+    Parameters
+    ----------
+    spectra : ndarray (K, E) or (E,), float
+        Non-negative, finite weights; each row needs a positive sum.
+
+    Returns
+    -------
+    ndarray (K, E) float64
+        Rows normalised to 1.
+
+    Raises
+    ------
+    GanxError
+        Wrong shape, NaN/infinite or negative entries, or an all-zero row (named).
+    """
+    d = np.asarray(spectra, dtype=np.float64)
+    if d.ndim == 1:
+        d = d[None, :]
+    if d.ndim != 2 or d.shape[1] < 1 or d.shape[0] < 1:
+        raise GanxError(f"spectra must be a 2-D array (cluster, energy), got shape {d.shape}")
+    if not np.all(np.isfinite(d)):
+        raise GanxError("spectra contain NaN or infinite values")
+    if np.any(d < 0):
+        raise GanxError("spectra contain negative probabilities")
+    s = d.sum(axis=1)
+    if np.any(s <= 0):
+        bad = np.flatnonzero(s <= 0).tolist()
+        raise GanxError(f"spectra rows {bad} are all zero: a spectrum needs at least one count")
+    return d / s[:, None]
+
+
+def alias_tables(spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Build Walker alias tables for each spectrum (Vose's stable construction).
+
+    Parameters
+    ----------
+    spectra : ndarray, shape (K, E), float
+        One probability distribution over the ``E`` energy channels per cluster (rows are
+        normalised to sum to 1; negative, non-finite or all-zero rows raise ``GanxError``).
+
+    Returns
+    -------
+    prob : ndarray, shape (K, E), float64
+        Acceptance threshold of each column, in [0, 1].
+    alias : ndarray, shape (K, E), int32
+        Channel returned when the coin exceeds ``prob``.  ``alias[k, j] == j`` where
+        ``prob[k, j] == 1``.
+
+    Notes
+    -----
+    Column ``j`` is chosen with probability ``1/E``; it yields ``j`` with probability
+    ``prob[k, j]`` and ``alias[k, j]`` otherwise, so channel ``e`` is drawn with probability
+    ``(prob[k, e] + Σ_{j: alias[k,j]=e} (1 − prob[k, j])) / E = d[k, e]`` exactly up to float64
+    rounding (residuals are subtracted as ``(q_l + q_s) − 1`` as Vose recommends).  Channels with
+    ``d = 0`` get ``prob = 0`` and an alias with ``d > 0``, so they can never be drawn.
+    """
+    d = check_distributions(spectra)
+    K, E = d.shape
+    prob = np.ones((K, E), dtype=np.float64)
+    alias = np.tile(np.arange(E, dtype=np.int32), (K, 1))
+    for k in range(K):
+        q = (d[k] * E).tolist()
+        small = [i for i in range(E) if q[i] < 1.0]
+        large = [i for i in range(E) if q[i] >= 1.0]
+        pk = prob[k]
+        ak = alias[k]
+        while small and large:
+            s = small.pop()
+            l_ = large[-1]
+            pk[s] = q[s]
+            ak[s] = l_
+            q[l_] = (q[l_] + q[s]) - 1.0
+            if q[l_] < 1.0:
+                large.pop()
+                small.append(l_)
+        # leftovers hold q == 1 up to rounding: keep prob = 1, alias = self
+        zero = d[k] == 0.0
+        if np.any(zero & (pk > 0.0)):  # pragma: no cover - cannot happen with finite rounding
+            raise RuntimeError("alias construction left mass on a zero-probability channel")
+    return prob, alias
+
+
+def alias_distributions(prob: np.ndarray, alias: np.ndarray) -> np.ndarray:
+    """The distributions that alias tables draw from (the inverse of :func:`alias_tables`).
+
+    Parameters
+    ----------
+    prob : ndarray (K, E) float64
+        Acceptance thresholds.
+    alias : ndarray (K, E) int
+        Alias channels.
+
+    Returns
+    -------
+    ndarray (K, E) float64
+        ``d[k, e] = (prob[k, e] + Σ_{j: alias[k, j] = e} (1 − prob[k, j])) / E``: equal to the
+        spectra the tables were built from up to float64 rounding, and exactly the law of a
+        drawn channel.
+    """
+    prob = np.asarray(prob, dtype=np.float64)
+    K, E = prob.shape
+    rows = (np.arange(K, dtype=np.intp)[:, None] * E + np.asarray(alias, dtype=np.intp)).ravel()
+    d = prob.ravel() + np.bincount(rows, weights=(1.0 - prob).ravel(), minlength=K * E)
+    return (d / E).reshape(K, E)
