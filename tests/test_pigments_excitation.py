@@ -8,14 +8,12 @@ import pytest
 import xraylib as xl
 
 from ganx_dask.errors import ConfigError
-from ganx_dask.pigments.model import Layer, Pigment
+from ganx_dask.pigments.model import Layer, Pigment, sample_components, sample_spectrum
 from ganx_dask.pigments.physics import (
     PRESETS,
     Instrument,
     compute_components,
     render,
-    sample_components,
-    sample_spectrum,
     source_spectrum,
     tube_spectrum,
 )

@@ -20,7 +20,9 @@ import xarray as xr
 from ..energy import as_energy_axis, axis_edges, rebin
 from ..errors import EnergyAxisError, PigmentError
 
-__all__ = ["MeasuredSpectrum", "Pigment", "PigmentLibrary", "Layer"]
+__all__ = [
+    "MeasuredSpectrum", "Pigment", "PigmentLibrary", "Layer", "sample_components", "sample_spectrum",
+]
 
 
 def _check_rgb(rgb: Any, where: str) -> tuple[int, int, int]:
@@ -430,3 +432,60 @@ class PigmentLibrary:
                 "library_version": self.version,
             },
         )
+
+
+def sample_components(composition: Mapping[str, float], density: float,
+                      thickness_um: float | None = None, ground=(),
+                      instrument=None,
+                      name: str = "sample"):
+    """Components of any sample (not a library pigment): a layer of ``composition`` over ``ground``.
+
+    Parameters
+    ----------
+    composition : Mapping[str, float]
+        Formula or element -> mass fraction (normalised), e.g. ``{"H2O": 1.0, "Co": 5e-4}``
+        for water with 500 ppm Co.
+    density : float
+        g/cm³.
+    thickness_um : float or None
+        Layer thickness, µm (None = infinitely thick).
+    ground : sequence of Layer
+        Layers below, top first (see :class:`ganx_dask.pigments.model.Layer`).
+    instrument : :class:`~ganx_dask.pigments.physics.Instrument`, preset name, dict or None
+    name : str
+        Used in error messages.
+
+    Returns
+    -------
+    ganx_dask.pigments.physics.SpectrumComponents
+        Every line labelled ``"<element> <IUPAC line>"`` (e.g. ``"Co KL3"``), so per-element
+        parts can be picked with :meth:`SpectrumComponents.lines_of`.
+
+    Raises
+    ------
+    PigmentError
+        Bad composition, density or thickness (the message names ``name``).
+    """
+    from .physics import compute_components  # local import: physics needs xraylib
+
+    pig = Pigment(name=name, rgb=(0, 0, 0), composition=composition, density=density,
+                  thickness_um=thickness_um, ground=tuple(ground))
+    return compute_components(pig, instrument)
+
+
+def sample_spectrum(composition: Mapping[str, float], energy, density: float,
+                    thickness_um: float | None = None, ground=(),
+                    instrument=None) -> np.ndarray:
+    """Counts per channel of :func:`sample_components` on ``energy`` (not normalised).
+
+    Parameters
+    ----------
+    composition, density, thickness_um, ground, instrument
+        See :func:`sample_components`.
+    energy : EnergyAxis, str or array-like
+        See :func:`ganx_dask.energy.as_energy_axis`.
+    """
+    from .physics import render
+
+    comps = sample_components(composition, density, thickness_um, ground, instrument)
+    return render(comps, axis_edges(energy), comps.instrument)

@@ -62,8 +62,6 @@ __all__ = [
     "render",
     "read_excitation_spectrum",
     "render_many",
-    "sample_components",
-    "sample_spectrum",
     "solid_angle_sr",
     "source_spectrum",
     "tube_spectrum",
@@ -1633,58 +1631,3 @@ def pigment_spectrum(pigment, energy, instrument: Instrument | str | None = None
     comps = pigment_components(pigment, instrument)
     inst = None if instrument is None else _as_instrument(instrument)
     return render(comps, axis_edges(energy), inst if inst is not None else comps.instrument)
-
-
-def sample_components(composition: Mapping[str, float], density: float,
-                      thickness_um: float | None = None, ground=(),
-                      instrument: Instrument | str | None = None,
-                      name: str = "sample") -> SpectrumComponents:
-    """Components of any sample (not a library pigment): a layer of ``composition`` over ``ground``.
-
-    Parameters
-    ----------
-    composition : Mapping[str, float]
-        Formula or element -> mass fraction (normalised), e.g. ``{"H2O": 1.0, "Co": 5e-4}``
-        for water with 500 ppm Co.
-    density : float
-        g/cm³.
-    thickness_um : float or None
-        Layer thickness, µm (None = infinitely thick).
-    ground : sequence of Layer
-        Layers below, top first (see :class:`ganx_dask.pigments.model.Layer`).
-    instrument : Instrument, preset name, dict or None
-    name : str
-        Used in error messages.
-
-    Returns
-    -------
-    SpectrumComponents
-        Every line labelled ``"<element> <IUPAC line>"`` (e.g. ``"Co KL3"``), so per-element
-        parts can be picked with :meth:`SpectrumComponents.lines_of`.
-
-    Raises
-    ------
-    PigmentError
-        Bad composition, density or thickness (the message names ``name``).
-    """
-    from .model import Pigment
-
-    pig = Pigment(name=name, rgb=(0, 0, 0), composition=composition, density=density,
-                  thickness_um=thickness_um, ground=tuple(ground))
-    return compute_components(pig, instrument)
-
-
-def sample_spectrum(composition: Mapping[str, float], energy, density: float,
-                    thickness_um: float | None = None, ground=(),
-                    instrument: Instrument | str | None = None) -> np.ndarray:
-    """Counts per channel of :func:`sample_components` on ``energy`` (not normalised).
-
-    Parameters
-    ----------
-    composition, density, thickness_um, ground, instrument
-        See :func:`sample_components`.
-    energy : EnergyAxis, str or array-like
-        See :func:`ganx_dask.energy.as_energy_axis`.
-    """
-    comps = sample_components(composition, density, thickness_um, ground, instrument)
-    return render(comps, axis_edges(energy), comps.instrument)
