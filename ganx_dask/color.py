@@ -46,7 +46,7 @@ def rgb_to_lab(rgb) -> np.ndarray:
     return skcolor.rgb2lab(a, illuminant="D65", observer="2")
 
 
-def delta_e(lab1, lab2, method: str = "ciede2000") -> np.ndarray:
+def delta_e(lab1, lab2, method: str = "ciede2000", k_l: float = 1.0) -> np.ndarray:
     """Colour difference ΔE between CIELAB colours (broadcasting over leading axes).
 
     Parameters
@@ -54,8 +54,12 @@ def delta_e(lab1, lab2, method: str = "ciede2000") -> np.ndarray:
     lab1, lab2 : array-like, shape ``(..., 3)``
         CIELAB colours (L*, a*, b*).  For CIE94, ``lab1`` is the reference.
     method : {"ciede2000", "cie94", "cie76"}
-        CIEDE2000 (kL = kC = kH = 1), CIE94 (graphic arts: k1 = 0.045, k2 = 0.015) or CIE76
+        CIEDE2000 (kC = kH = 1), CIE94 (graphic arts: k1 = 0.045, k2 = 0.015) or CIE76
         (Euclidean distance in CIELAB).
+    k_l : float
+        Parametric lightness factor kL (dimensionless, > 0): the lightness difference counts
+        ``1/k_l`` as much.  1 is the reference condition; 2 is the textile convention (CIE
+        116/142), for surfaces whose texture and lighting change lightness more than hue.
 
     Returns
     -------
@@ -64,17 +68,18 @@ def delta_e(lab1, lab2, method: str = "ciede2000") -> np.ndarray:
     """
     l1, l2 = np.broadcast_arrays(np.asarray(lab1, float), np.asarray(lab2, float))
     if method == "ciede2000":
-        return skcolor.deltaE_ciede2000(l1, l2)
+        return skcolor.deltaE_ciede2000(l1, l2, kL=k_l)
     if method == "cie94":
-        return skcolor.deltaE_ciede94(l1, l2)
+        return skcolor.deltaE_ciede94(l1, l2, kL=k_l)
     if method == "cie76":
-        return skcolor.deltaE_cie76(l1, l2)
+        scale = np.array([1.0 / k_l, 1.0, 1.0])
+        return skcolor.deltaE_cie76(l1 * scale, l2 * scale)
     raise ConfigError(
         f"unknown colour-difference method {method!r}; choose one of {', '.join(DELTA_E_METHODS)}"
     )
 
 
-def similarity(rgb_a, rgb_b, method: str = "ciede2000") -> np.ndarray:
+def similarity(rgb_a, rgb_b, method: str = "ciede2000", k_l: float = 1.0) -> np.ndarray:
     """Colour similarity in [0, 1] of 8-bit sRGB colours (broadcasting over leading axes).
 
     Parameters
@@ -85,6 +90,9 @@ def similarity(rgb_a, rgb_b, method: str = "ciede2000") -> np.ndarray:
         ΔE methods give ``max(0, (100 − ΔE) / 100)`` (ganX paper eq. 4).  ``"cosine"`` is
         ``a·b / (|a| |b|)`` of the RGB vectors; black (0, 0, 0) has no direction, so its cosine
         similarity is 1 with black and 0 with any other colour.
+    k_l : float
+        Parametric lightness factor of the ΔE methods (see :func:`delta_e`); no effect on
+        ``"cosine"``.
 
     Returns
     -------
@@ -107,5 +115,5 @@ def similarity(rgb_a, rgb_b, method: str = "ciede2000") -> np.ndarray:
         both_black = (na == 0) & (nb == 0)
         cos = np.where(both_black, 1.0, np.where((na == 0) | (nb == 0), 0.0, cos))
         return np.clip(cos, 0.0, 1.0)
-    de = delta_e(rgb_to_lab(a), rgb_to_lab(b), method)
+    de = delta_e(rgb_to_lab(a), rgb_to_lab(b), method, k_l)
     return np.clip((100.0 - de) / 100.0, 0.0, 1.0)

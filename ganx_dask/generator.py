@@ -32,6 +32,7 @@ from .energy import EnergyAxis, as_energy_axis
 from .errors import ConfigError, EnergyAxisError, GanxError, ImageError, PigmentError
 from .io import file_sha256, read_image
 from .matching import _check_params as _check_match_params
+from .matching import canonical_mode
 from .matching import cluster_distributions
 from .sampling import check_count_model, counts_dtype, sample_cube
 
@@ -95,7 +96,8 @@ def _validate(p: dict) -> EnergyAxis | np.ndarray:
     check_count_model(p["count_model"], p["counts"])
     if p["luminosity"] is not None and p["count_model"] != "luminosity":
         raise ConfigError("a luminosity map is only used with count_model='luminosity'")
-    _check_match_params(p["threshold"], p["similarity"], p["mode"])
+    _check_match_params(p["threshold"], p["similarity"], p["mode"], p["margin"],
+                        p["max_pigments"], p["lightness_factor"])
     _check_params(p["n_start"], p["delta"], p["patience"], p["score_batch"])
     if not _is_int(p["fit_samples"]) or p["fit_samples"] < 2:
         raise ConfigError(f"fit_samples must be an integer >= 2 pixels, got {p['fit_samples']!r}")
@@ -211,7 +213,10 @@ def generate(
     luminosity=None,
     threshold: float = 0.2,
     similarity: str = "ciede2000",
-    mode: str = "threshold",
+    mode: str = "closest",
+    margin: float = 0.02,
+    max_pigments: int = 3,
+    lightness_factor: float | None = None,
     n_start: int = 10,
     delta: int = 3,
     patience: int = -1,
@@ -247,7 +252,17 @@ def generate(
     threshold : float
         Similarity threshold in [0, 1] for pigment matching (paper: 0.2, 0.6).
     similarity : {"ciede2000", "cie94", "cie76", "cosine"}
-    mode : {"threshold", "nearest"}
+    mode : {"closest", "paper", "threshold", "nearest"}
+        Colour → pigment matching (:mod:`ganx_dask.matching`): ``closest`` (default: the one to
+        ``max_pigments`` pigments within ``margin`` of the best colour match), ``paper`` (alias
+        ``threshold``: the paper's method, every pigment above ``threshold``) or ``nearest``.
+    margin : float
+        ``closest``: largest similarity deficit to the best match (0.02 = ΔE2000 2).
+    max_pigments : int
+        ``closest``: most pigments per cluster.
+    lightness_factor : float or None
+        CIEDE2000 lightness factor kL of the matching (``None``: 2 for ``closest``, the textile
+        convention; 1 for ``paper`` and ``nearest``).
     n_start, delta, patience, score_batch : int
         Clustering sweep k = n_start − delta … n_start + delta, patience (−1 = none), pixels per
         silhouette score (see :func:`ganx_dask.clustering.fit_iterative_kmeans`).
@@ -286,7 +301,9 @@ def generate(
     """
     params = dict(
         seed=seed, energy=energy, counts=counts, count_model=count_model, luminosity=luminosity,
-        threshold=threshold, similarity=similarity, mode=mode, n_start=n_start, delta=delta,
+        threshold=threshold, similarity=similarity, mode=canonical_mode(mode), margin=margin,
+        max_pigments=max_pigments, lightness_factor=lightness_factor, n_start=n_start,
+        delta=delta,
         patience=patience, score_batch=score_batch, fit_samples=fit_samples, chunks=chunks,
         tile=tile, include_rgb=include_rgb, engine=engine,
     )
@@ -323,7 +340,7 @@ def generate(
     labels = predict_labels(img, model, opaque)
     abundance, spectrum = cluster_distributions(
         model.cluster_rgb, lib_rgb, lib_spectra, threshold=threshold, similarity=similarity,
-        mode=mode,
+        mode=mode, margin=margin, max_pigments=max_pigments, lightness_factor=lightness_factor,
     )
 
     # -- Monte Carlo cube ---------------------------------------------------------------------

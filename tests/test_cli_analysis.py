@@ -25,7 +25,7 @@ def stores(tmp_path_factory):
     img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
     out = {}
     for t in (0.2, 0.6):
-        ds = ganx_dask.generate(img, lib, seed=1, energy="0.5:38.5:256", threshold=t,
+        ds = ganx_dask.generate(img, lib, seed=1, energy="0.5:38.5:256", threshold=t, mode="paper",
                                 n_start=4, delta=0, chunks=64, counts=200)
         out[t] = root / f"t{t}.zarr"
         ganx_dask.to_zarr(ds, out[t])

@@ -1,6 +1,7 @@
 """Tests for ``ganx-dask generate``: the demo run in a subprocess, options, bad input leaves no
 store, an existing store is left byte-identical without --overwrite."""
 
+import contextlib
 import hashlib
 import subprocess
 import sys
@@ -209,3 +210,38 @@ def test_rgba_luminosity_map_warns_that_its_alpha_is_ignored(files, tmp_path):
     assert not any("label -1" in t for t in texts), texts
     c = xr.open_zarr(out, consolidated=False)["counts"].values.sum(-1)
     assert np.all(c[:, :64] == 0) and c[:, 64:].mean() > 25
+
+
+def test_matching_default_is_closest_and_paper_is_one_flag_away(tmp_path):
+    """The demo page with the full library: the default gives few pigments per cluster; the
+    paper's method (--matching paper) mixes nearly all 47 in every cluster."""
+    args = ["generate", "--demo", "--energy", "0.5:38.5:64", "--counts", "5", "--n-start", "7",
+            "--delta", "0", "--fit-samples", "5000", "--no-progress"]
+    stores = {}
+    for flag in ([], ["--matching", "paper"], ["--mode", "nearest"]):
+        out = tmp_path / f"m{len(stores)}.zarr"
+        assert main(args + ["-o", str(out)] + flag) == 0
+        stores[tuple(flag)] = xr.open_zarr(out)
+    default, paper, nearest = stores.values()
+    n_default = (default.abundance.values > 0).sum(axis=1)
+    assert n_default.min() >= 1 and n_default.max() <= 3
+    assert (paper.abundance.values > 0).sum(axis=1).min() >= 40
+    assert ((nearest.abundance.values > 0).sum(axis=1) == 1).all()
+    assert default.attrs["parameters"]["mode"] == "closest"
+    assert paper.attrs["parameters"]["mode"] == "threshold"  # "paper" is recorded canonically
+    # the same clusters (clustering does not depend on matching), different abundances
+    np.testing.assert_array_equal(default.cluster_rgb.values, paper.cluster_rgb.values)
+    assert default.abundance.attrs["lightness_factor"] == 2.0
+    assert paper.abundance.attrs["lightness_factor"] == 1.0
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--matching", "best"], "invalid choice"), (["--margin", "0"], "margin"),
+    (["--max-pigments", "0"], "max_pigments"), (["--lightness-factor", "-1"], "lightness_factor"),
+])
+def test_bad_matching_options_write_nothing(files, tmp_path, capsys, extra, match):
+    out = tmp_path / "bad.zarr"
+    with pytest.raises(SystemExit) if extra[0] == "--matching" else contextlib.nullcontext():
+        assert main(_base(files, out, *extra)) != 0
+    assert match in capsys.readouterr().err
+    assert not out.exists()

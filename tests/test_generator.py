@@ -104,6 +104,7 @@ def test_layout_dtypes_coords_attrs(lib, tmp_path):
     assert a["clustering"]["k"] == ds.sizes["cluster"] == 4
     p = a["parameters"]
     for key in ("seed", "energy", "counts", "count_model", "threshold", "similarity", "mode",
+                "margin", "max_pigments", "lightness_factor",
                 "n_start", "delta", "patience", "score_batch", "fit_samples", "chunks", "tile",
                 "engine", "include_rgb", "luminosity", "instrument"):
         assert key in p

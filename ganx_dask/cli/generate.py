@@ -104,9 +104,22 @@ def register(subparsers) -> argparse.ArgumentParser:
                    default="ciede2000",
                    help="colour similarity: (100 - dE)/100 for the dE formulas, or cosine of RGB "
                         "vectors (default: %(default)s)")
-    g.add_argument("--mode", choices=("threshold", "nearest"), default="threshold",
-                   help="threshold: mix all pigments above the threshold (paper); nearest: the "
-                        "single most similar pigment (default: %(default)s)")
+    g.add_argument("--matching", "--mode", dest="mode",
+                   choices=("closest", "paper", "threshold", "nearest"), default="closest",
+                   help="colour -> pigment matching. closest: the 1 to --max-pigments pigments "
+                        "whose colour is within --margin of the best match, weighted by "
+                        "similarity; paper (= threshold): the ganX paper's method, every pigment "
+                        "above --threshold (with the 47-pigment library nearly all of them); "
+                        "nearest: the single most similar pigment (default: %(default)s)")
+    g.add_argument("--margin", type=float, default=0.02,
+                   help="closest: largest similarity deficit to the best match, dimensionless "
+                        "(0.02 = CIEDE2000 2) (default: %(default)g)")
+    g.add_argument("--max-pigments", type=int, default=3,
+                   help="closest: most pigments per cluster (default: %(default)s)")
+    g.add_argument("--lightness-factor", type=float, default=None,
+                   help="CIEDE2000 lightness factor kL, dimensionless: lightness differences "
+                        "count 1/kL (default: 2 for closest, the textile convention; 1 for paper "
+                        "and nearest)")
     g = p.add_argument_group("clustering")
     g.add_argument("--n-start", type=int, default=10,
                    help="centre of the k sweep, clusters (default: %(default)s)")
@@ -232,7 +245,9 @@ def run(args: argparse.Namespace) -> int:
         ds = generate(
             image, library, seed=args.seed, energy=args.energy, counts=counts,
             count_model=args.count_model, luminosity=lum, threshold=args.threshold,
-            similarity=args.similarity, mode=args.mode, n_start=args.n_start, delta=args.delta,
+            similarity=args.similarity, mode=args.mode, margin=args.margin,
+            max_pigments=args.max_pigments, lightness_factor=args.lightness_factor,
+            n_start=args.n_start, delta=args.delta,
             patience=args.patience, score_batch=args.score_batch, fit_samples=args.fit_samples,
             chunks=args.chunk, tile=args.tile, instrument=args.instrument,
             include_rgb=not args.no_rgb, engine=args.engine, detector=detector,

@@ -251,7 +251,8 @@ def run_paper(config=None, output: str | os.PathLike | None = None, *, small: bo
         cubes, store_names = {}, []
         for t, lbl in zip(thresholds, labels, strict=True):
             ds = generate(image, lib, seed=seed, energy=energy, counts=gen["counts"],
-                          threshold=t, similarity=gen["similarity"], n_start=gen["n_start"],
+                          mode="paper", threshold=t, similarity=gen["similarity"],
+                          n_start=gen["n_start"],
                           delta=gen["delta"], patience=gen["patience"],
                           score_batch=gen["score_batch"], chunks=chunks)
             store = tmp / f"fake_t{t:g}.zarr"
