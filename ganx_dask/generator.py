@@ -32,8 +32,7 @@ from .energy import EnergyAxis, as_energy_axis
 from .errors import ConfigError, EnergyAxisError, GanxError, ImageError, PigmentError
 from .io import file_sha256, read_image
 from .matching import _check_params as _check_match_params
-from .matching import canonical_mode
-from .matching import cluster_distributions
+from .matching import canonical_mode, cluster_distributions
 from .sampling import check_count_model, counts_dtype, sample_cube
 
 __all__ = ["generate", "relative_luminance", "ENGINES"]
