@@ -49,8 +49,10 @@ def _run(args, log: Path, timeout=TIMEOUT) -> subprocess.CompletedProcess:
 
 
 def _records(store: Path) -> int:
+    """Region records written: chunk files of ``region_complete`` (named by their integer index;
+    a worker SIGKILLed mid-write may leave a temporary file beside them, which zarr ignores)."""
     d = store / "region_complete" / "c"
-    return sum(1 for p in d.rglob("*") if p.is_file()) if d.is_dir() else 0
+    return sum(1 for p in d.rglob("*") if p.is_file() and p.name.isdigit()) if d.is_dir() else 0
 
 
 def _data_files(store: Path) -> dict[str, bytes]:
