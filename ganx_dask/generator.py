@@ -34,6 +34,7 @@ from .io import file_sha256, read_image
 from .matching import _check_params as _check_match_params
 from .matching import canonical_mode, cluster_distributions
 from .sampling import check_count_model, counts_dtype, sample_cube
+from .seeding import check_seed
 
 __all__ = ["generate", "relative_luminance", "ENGINES"]
 
@@ -81,8 +82,7 @@ def _plain(v):
 
 
 def _validate(p: dict) -> EnergyAxis | np.ndarray:
-    if not _is_int(p["seed"]) or p["seed"] < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {p['seed']!r}")
+    check_seed(p["seed"])
     try:
         ax = as_energy_axis(p["energy"])
     except GanxError:

@@ -50,6 +50,7 @@ import xarray as xr
 from scipy import ndimage
 
 from .errors import GanxError
+from .seeding import check_seed
 
 __all__ = [
     "cosine",
@@ -531,8 +532,7 @@ def poisson_reference(counts, seed: int, *, exact: bool = False, tile: int = POI
     Same type as ``counts`` (DataArray keeps coords), lazy for dask input, dtype of ``counts``
     (uint32 if it is not an unsigned integer type).
     """
-    if int(seed) != seed or seed < 0:
-        raise GanxError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_seed(seed)
     is_da = isinstance(counts, xr.DataArray)
     data = counts.transpose("y", "x", "energy").data if is_da else counts
     lazy = isinstance(data, da.Array)

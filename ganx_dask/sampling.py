@@ -60,6 +60,7 @@ import numpy as np
 from . import detector as _det
 from .alias import alias_tables
 from .errors import ConfigError, GanxError
+from .seeding import check_seed
 
 __all__ = [
     "COUNT_MODELS",
@@ -775,7 +776,8 @@ def sample_cube(
     tile : int
         Edge of the global seeding tile, pixels.
     dtype : numpy dtype, optional
-        ``uint16``/``uint32``; default :func:`counts_dtype` (uint32 when counts could overflow).
+        ``uint16``/``uint32``; default :func:`counts_dtype` of ``counts`` and, for
+        ``luminosity``, the largest ``scale`` (computed here: one pass over the scale map).
     engine : {"auto", "numpy", "numba"}
         Kernel; resolved on the worker, all engines give identical bits.
     detector : DetectorEffects, optional
@@ -793,8 +795,7 @@ def sample_cube(
     check_count_model(count_model, counts)
     if not isinstance(tile, int | np.integer) or tile < 1:
         raise GanxError(f"tile must be a positive integer, got {tile!r}")
-    if int(seed) != seed or seed < 0:
-        raise GanxError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_seed(seed)
     _resolve_engine(engine) if engine != "auto" else None
     if not isinstance(labels, da.Array):
         labels = da.asarray(labels)
@@ -817,8 +818,9 @@ def sample_cube(
         scale = scale.rechunk(labels.chunks)
     else:
         scale = None
-    if dtype is None:
-        dtype = counts_dtype(count_model, counts)
+    if dtype is None:  # the largest scale decides: a pixel at scale s expects counts·s photons
+        scale_max = 1.0 if scale is None else float(da.nanmax(scale).compute())
+        dtype = counts_dtype(count_model, counts, scale_max=scale_max)
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.uint16), np.dtype(np.uint32), np.dtype(np.uint64)):
         raise GanxError(f"counts dtype must be an unsigned integer type, got {dtype}")

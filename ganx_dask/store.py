@@ -165,9 +165,44 @@ def _canonical_attrs(attrs) -> dict:
     return out
 
 
+def _in_memory_contents(ds: xr.Dataset) -> dict[str, str]:
+    """SHA-256 of the values of every in-memory variable and coordinate (``abundance``,
+    ``spectrum``, ``pigment_rgb``, ``energy``, ...).  Dask-backed variables (``counts``,
+    ``labels``, ``rgb``) derive from the seed, the parameters and the image hash, which the
+    attrs already cover; the small in-memory ones hold what a library contributes."""
+    out = {}
+    for name, var in ds.variables.items():
+        if name == CUBE or isinstance(var.data, da.Array):
+            continue
+        values = np.asarray(var.values)
+        if values.dtype.kind == "O":
+            raw = json.dumps(_jsonable(values), default=str).encode()
+        else:
+            raw = np.ascontiguousarray(values).tobytes()
+        out[str(name)] = hashlib.sha256(values.dtype.str.encode() + raw).hexdigest()
+    return dict(sorted(out.items()))
+
+
+def _changed_contents(path: Path, group: str | None, ds: xr.Dataset) -> list[str]:
+    """Names of the in-memory variables whose values differ from those stored."""
+    try:
+        stored = xr.open_zarr(str(path), group=group, consolidated=False, zarr_format=3)
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return []
+    out = []
+    for name, var in ds.variables.items():
+        if name == CUBE or isinstance(var.data, da.Array):
+            continue
+        if name not in stored.variables or not np.array_equal(
+                np.asarray(stored[name].values), np.asarray(var.values)):
+            out.append(f"contents of {name}")
+    return out
+
+
 def _fingerprint(ds: xr.Dataset, region: tuple[int, int], codec) -> tuple[str, dict]:
     desc = {
         "attrs": _canonical_attrs(ds.attrs),
+        "contents": _in_memory_contents(ds),
         "variables": {
             str(n): [list(map(str, v.dims)), list(v.shape), str(v.dtype)]
             for n, v in sorted(ds.variables.items(), key=lambda kv: str(kv[0]))
@@ -402,6 +437,8 @@ def to_zarr(
             raise GanxError(f"cannot resume {str(target)!r}: not written by ganx_dask.store")
         if attrs["fingerprint"] != fp:
             diff = _attrs_diff(_canonical_attrs(attrs), desc["attrs"])
+            if not diff:
+                diff = _changed_contents(path, group, ds)
             if not diff:
                 diff = ["variables/shapes/dtypes/region size/codec"]
             raise GanxError(

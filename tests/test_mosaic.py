@@ -121,3 +121,21 @@ def test_shipped_example_config_is_valid():
     cfg = load_mosaic_config(Path(__file__).resolve().parents[1] / "pipelines/mosaic/config.yaml")
     assert cfg["resume"] is True and cfg["generation"]["chunks"] % cfg["generation"]["tile"] == 0
     assert cfg["image"].endswith("pipelines/mosaic/panel.tif")
+
+
+def test_pigments_option_selects_a_palette_like_generate(tiled_tiff, tmp_path, capsys):
+    """Review finding: `mosaic` lacked the `--pigments` option of `generate`."""
+    from ganx_dask.pigments.library import PAPER_PIGMENTS
+
+    opts = ["--seed", "2", "--energy", "0.5:38.5:64", "--counts", "10", "--chunk", "64",
+            "--n-start", "3", "--delta", "0", "--fit-samples", "500", "--score-batch", "128"]
+    out = tmp_path / "paper.zarr"
+    assert main(["mosaic", str(tiled_tiff), "-o", str(out), "--pigments", "paper", *opts]) == 0
+    g = zarr.open_group(str(out), mode="r")
+    assert list(np.asarray(g["pigment"][...])) == list(PAPER_PIGMENTS)
+    assert g["abundance"].shape[1] == 9
+    bad = tmp_path / "bad.zarr"
+    assert main(["mosaic", str(tiled_tiff), "-o", str(bad), "--pigments", "vermilion,unobtainium",
+                 *opts]) == 1
+    assert "unobtainium" in capsys.readouterr().err
+    assert not bad.exists()

@@ -273,3 +273,21 @@ def test_large_counts_batches_bounded_and_bit_identical(engine, monkeypatch):
     whole = sampling.sample_block(lab, prob, alias, seed=2, counts=N, engine=engine)
     sampling._scratch.bufs = {}
     np.testing.assert_array_equal(out, whole)
+
+
+def test_luminosity_scale_above_one_chooses_a_wide_enough_dtype():
+    """Review finding: with no dtype given, the dtype ignored the luminosity scale, so a scale
+    > 1 picked uint16 and the write failed midway with OverflowError."""
+    spectra = np.zeros((1, 4))
+    spectra[0, 1] = 1.0  # every photon in one channel: its count is the pixel total
+    lab = da.zeros((8, 8), dtype=np.int16, chunks=8)
+    scale = da.full((8, 8), 3.0, dtype=np.float32, chunks=8)
+    cube = sampling.sample_cube(lab, spectra, seed=1, counts=40_000, count_model="luminosity",
+                                scale=scale, tile=8, engine="numpy")
+    assert cube.dtype == np.uint32  # 120 000 expected photons per pixel > 65 535
+    with dask.config.set(scheduler="synchronous"):
+        tot = cube.compute()[..., 1].astype(np.float64)
+    assert abs(tot.mean() - 120_000) < 5 * np.sqrt(120_000 / tot.size)
+    small = sampling.sample_cube(lab, spectra, seed=1, counts=40_000, count_model="luminosity",
+                                 scale=scale / 3, tile=8, engine="numpy")
+    assert small.dtype == np.uint16

@@ -305,3 +305,44 @@ def test_resume_finishes_a_store_killed_before_consolidation(reference, tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert xr.open_zarr(path).attrs["complete"] is True
+
+
+def test_resume_refuses_changed_small_variables(reference, tmp_path):
+    """Review finding: a library with the same name and version but other spectra/colours was
+    accepted by resume (the fingerprint held attrs only) and finished a mixed store."""
+    import shutil
+
+    path = tmp_path / "mixed.zarr"
+    shutil.copytree(reference, path)
+    before = _tree_hashes(path)
+    ds = _dataset()
+    spectra = ds["spectrum"].values.copy()
+    spectra[0, [3, 4]] = spectra[0, [4, 3]]  # same shape, attrs and sums: other contents
+    ds["spectrum"] = (("cluster", "energy"), spectra)
+    with pytest.raises(GanxError, match="contents of spectrum"):
+        store.to_zarr(ds, path, resume=True)
+    assert _tree_hashes(path) == before
+    store.to_zarr(_dataset(), path, resume=True)  # the same contents still resume
+
+
+def test_resume_refuses_a_changed_library_of_the_same_name(tmp_path):
+    from ganx_dask import generate
+    from ganx_dask.pigments import PigmentLibrary, default_library
+
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[:, 8:] = (200, 40, 30)
+    opts = dict(seed=1, energy="0.5:38.5:64", counts=20, n_start=2, delta=0, fit_samples=200,
+                chunks=16, tile=16)
+    lib = default_library()
+    path = tmp_path / "lib.zarr"
+    with dask.config.set(scheduler="synchronous"):
+        store.to_zarr(generate(img, lib, **opts), path)
+    from dataclasses import replace
+
+    pigments = [lib[i] for i in range(len(lib))]
+    pigments[0] = replace(pigments[0], rgb=tuple((c + 40) % 256 for c in pigments[0].rgb))
+    recoloured = PigmentLibrary(pigments, name=lib.name, version=lib.version,
+                                instrument=lib.instrument, description=lib.description)
+    assert (recoloured.name, recoloured.version) == (lib.name, lib.version)
+    with pytest.raises(GanxError, match="contents of pigment_rgb"):
+        store.to_zarr(generate(img, recoloured, **opts), path, resume=True)

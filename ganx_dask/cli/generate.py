@@ -156,32 +156,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def select_pigments(library, names: str):
-    """The sub-library named by ``--pigments`` (``"paper"`` = the ganX paper's nine pigments).
-
-    Raises
-    ------
-    PigmentError
-        A name that is not in the library (the message lists how to see the names).
-    """
-    from ..errors import PigmentError
-    from ..pigments import default_library
-    from ..pigments.library import PAPER_PIGMENTS
-
-    lib = default_library() if library is None else library
-    wanted = (list(PAPER_PIGMENTS) if names.strip().lower() == "paper"
-              else [n.strip() for n in names.split(",") if n.strip()])
-    if not wanted:
-        raise PigmentError("--pigments: no pigment names given")
-    missing = [n for n in wanted if n not in lib]
-    if missing:
-        raise PigmentError(
-            f"--pigments: {', '.join(repr(m) for m in missing)} not in library {lib.name!r} "
-            "(see `ganx-dask pigments list`)"
-        )
-    return lib.select(wanted)
-
-
 def _load_map(path: str):
     import numpy as np
     import xarray as xr
@@ -231,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
 
         library = load_library(args.library)
     if args.pigments:
+        from ..pigments.library import select_pigments
+
         library = select_pigments(library, args.pigments)
     lum = _load_map(args.luminosity_map) if args.luminosity_map else None
     counts = int(args.counts) if float(args.counts).is_integer() else args.counts

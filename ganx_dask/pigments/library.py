@@ -40,6 +40,7 @@ __all__ = [
     "build_default_library",
     "default_library",
     "default_library_path",
+    "select_pigments",
 ]
 
 DEFAULT_LIBRARY_NAME = "ganx-dask-default"
@@ -278,3 +279,36 @@ def default_library() -> PigmentLibrary:
     PigmentLibrary
     """
     return _load_default().copy()
+
+
+def select_pigments(library: PigmentLibrary | None, names) -> PigmentLibrary:
+    """The sub-library of the named pigments (``--pigments`` / a config's ``pigments``).
+
+    Parameters
+    ----------
+    library : PigmentLibrary or None
+        The library (``None``: the default library).
+    names : str or sequence of str
+        Comma-separated names, a list of names, or ``"paper"`` (the ganX paper's nine pigments,
+        :data:`PAPER_PIGMENTS`).
+
+    Raises
+    ------
+    PigmentError
+        No names, or a name that is not in the library (the message lists how to see the names).
+    """
+    lib = default_library() if library is None else library
+    if isinstance(names, str):
+        wanted = (list(PAPER_PIGMENTS) if names.strip().lower() == "paper"
+                  else [n.strip() for n in names.split(",") if n.strip()])
+    else:
+        wanted = [str(n).strip() for n in names]
+    if not wanted:
+        raise PigmentError("--pigments: no pigment names given")
+    missing = [n for n in wanted if n not in lib]
+    if missing:
+        raise PigmentError(
+            f"--pigments: {', '.join(repr(m) for m in missing)} not in library {lib.name!r} "
+            "(see `ganx-dask pigments list`)"
+        )
+    return lib.select(wanted)

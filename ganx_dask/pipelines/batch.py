@@ -39,6 +39,7 @@ import numpy as np
 
 from ..errors import ConfigError, GanxError, ImageError
 from ..io import file_sha256
+from ..seeding import check_seed, name_words
 from .config import Option, load_config, validate
 
 __all__ = [
@@ -88,6 +89,7 @@ def generation_schema() -> dict[str, Option]:
 
     schema: dict[str, Option] = {
         "library": Option(str, None, "Pigment library file (null = the bundled default library).", nullable=True),
+        "pigments": Option((list, str), None, "Use only these pigments of the library: a list, comma-separated names, or `paper` (the paper's nine).", nullable=True),
     }
     doc = "see `ganx-dask generate --help` / `ganx_dask.generate`"
     for name, p in inspect.signature(generate).parameters.items():
@@ -150,8 +152,7 @@ def image_seed(master_seed: int, name: str) -> int:
     name : str
         The image's name (its group name).
     """
-    words = np.frombuffer(hashlib.sha256(name.encode("utf-8")).digest(), dtype="<u4")
-    ss = np.random.SeedSequence(int(master_seed), spawn_key=tuple(int(w) for w in words))
+    ss = np.random.SeedSequence(check_seed(master_seed, "master seed"), spawn_key=name_words(name))
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
@@ -347,18 +348,22 @@ def _check_writable(output: str) -> None:
     probe(Path(output).expanduser().absolute())
 
 
-def _check_shared_inputs(gen: dict[str, Any], library_path: str | None):
+def _check_shared_inputs(gen: dict[str, Any], library_path: str | None, pigments=None):
     """Validate the generation parameters and load + render the pigment library once.
 
-    Returns the loaded :class:`~ganx_dask.pigments.PigmentLibrary` (``None``: the default).
-    Raises the :class:`GanxError` that every image would otherwise fail with.
+    Returns the loaded :class:`~ganx_dask.pigments.PigmentLibrary`, reduced to ``pigments``
+    when given (``None``: the default library).  Raises the :class:`GanxError` that every image
+    would otherwise fail with.
     """
     from ..generator import _resolve_library, _validate
+    from ..pigments.library import select_pigments
 
     ax = _validate({"seed": 0, "luminosity": None, **gen})
     library = _resolve_library(library_path)
+    if pigments is not None:
+        library = select_pigments(library, pigments)
     library.spectra(ax, gen.get("instrument"))  # unknown instrument, axes that do not overlap
-    return library if library_path is not None else None
+    return library if library_path is not None or pigments is not None else None
 
 
 def run_batch(
@@ -414,6 +419,7 @@ def run_batch(
                                      prefix="generation.")
     if seed is not None:
         cfg["seed"] = validate({"seed": seed}, {"seed": BATCH_SCHEMA["seed"]}, source="--seed")["seed"]
+    check_seed(cfg["seed"], "batch key 'seed'")
     if overwrite is not None:
         cfg["overwrite"] = bool(overwrite)
     sources = list(images) if images else cfg["images"]
@@ -426,11 +432,13 @@ def run_batch(
     _check_writable(out)
 
     gen = dict(cfg["generation"])
-    library_path = gen.pop("library")
+    library_path, pigments = gen.pop("library"), gen.pop("pigments")
     params = _jsonable({"seed": cfg["seed"], "generation": gen, "library": library_path})
+    if pigments is not None:  # only then: datasets made without the key keep their parameters
+        params["pigments"] = pigments
     # inputs shared by every image are checked once, before the dataset is created or touched:
     # a bad parameter, library file, instrument or energy axis fails the whole batch up front
-    library = _check_shared_inputs(gen, library_path)
+    library = _check_shared_inputs(gen, library_path, pigments)
 
     root, _ = _open_root(out, params, cfg["overwrite"])
     phash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]

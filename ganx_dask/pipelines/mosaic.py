@@ -143,7 +143,12 @@ def run_mosaic(
     if not out:
         raise ConfigError("no output store given (-o STORE.zarr or the config's 'output')")
     gen = dict(cfg["generation"])
-    library = gen.pop("library")
+    library, pigments = gen.pop("library"), gen.pop("pigments")
+    if pigments is not None:
+        from ..generator import _resolve_library
+        from ..pigments.library import select_pigments
+
+        library = select_pigments(_resolve_library(library), pigments)
     target = Path(out)
     exists = any(target.iterdir()) if target.is_dir() else target.exists()
     resuming = exists and not cfg["overwrite"]
