@@ -81,6 +81,15 @@ def _run_batch(args: argparse.Namespace) -> int:
     cfg = load_batch_config(args.config)
     scheduler, cluster_config = _where(args, cfg)
     gen = _generation_overrides(args, args.gen_keys)
+    if args.dry_run:  # validation and draws only: no scheduler, nothing written
+        report = run_batch(args.images or None, args.output, args.config, seed=args.seed,
+                           generation=gen, dry_run=True)
+        if args.json:
+            json.dump({"planned": report.planned, "skipped": report.skipped}, sys.stdout, indent=1)
+            print()
+        else:
+            print(report.summary())
+        return 0
     with scheduler_context(scheduler, cluster_config, timeout=args.timeout):
         report = run_batch(
             args.images or None, args.output, args.config,
@@ -143,6 +152,9 @@ def register(subparsers) -> None:
                    help="regenerate images whose content changed; accept changed parameters")
     b.add_argument("--progress", action="store_true", help="progress bar per image")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
+    b.add_argument("--dry-run", action="store_true",
+                   help="validate, then print each image's seed and randomised parameters "
+                        "(the config's `randomize:` draws); write nothing")
     b.set_defaults(func=_run_batch, gen_keys=_add_generation_options(b))
     _add_cluster_options(b)
 

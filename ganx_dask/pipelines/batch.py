@@ -71,6 +71,7 @@ BATCH_SCHEMA: dict[str, Any] = {
     "overwrite": Option(bool, False, "Regenerate images whose content changed since the last run (and allow changed parameters)."),
     "scheduler": Option(str, None, "Scheduler: threads, processes, synchronous, tcp://ADDRESS or a scheduler file.", nullable=True),
     "cluster_config": Option(str, None, "Cluster configuration YAML (cluster_configs/); relative to this file.", nullable=True),
+    "randomize": Option(dict, {}, "Domain randomisation: per-image distributions of instrument, detector, counts, palette (see ganx_dask.pipelines.randomize)."),
 }
 
 #: Keyword arguments of ``generate()`` that are not generation options of a batch.
@@ -274,6 +275,8 @@ class BatchReport:
         Image names by outcome in this run.
     skipped : list of dict
         Non-image files (``path``, ``reason``).
+    planned : list of dict or None
+        With ``dry_run``: per image ``name``, ``image``, ``seed``, ``randomized`` (nothing written).
     """
 
     output: str
@@ -284,9 +287,14 @@ class BatchReport:
     failed: list[str] = field(default_factory=list)
     stale: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    planned: list[dict[str, Any]] | None = None
 
     def summary(self) -> str:
         """One line per outcome, for the CLI."""
+        if self.planned is not None:
+            return "\n".join([f"dry run: {len(self.planned)} image(s), nothing written"] + [
+                f"  {p['name']}  seed {p['seed']}  {json.dumps(p['randomized'], sort_keys=True)}"
+                for p in self.planned])
         lines = [
             f"{self.output}: {len(self.manifest)} image(s) in the manifest",
             f"  generated {len(self.generated)}, resumed {len(self.resumed)}, "
@@ -375,6 +383,7 @@ def run_batch(
     overwrite: bool | None = None,
     generation: Mapping[str, Any] | None = None,
     progress: bool = False,
+    dry_run: bool = False,
 ) -> BatchReport:
     """Generate one cube per image into ``output`` (one group each) and maintain the manifest.
 
@@ -396,6 +405,9 @@ def run_batch(
         Generation options overriding the config's ``generation`` section (validated the same).
     progress : bool
         Show a progress bar per image.
+    dry_run : bool
+        Only validate and draw: the report's ``planned`` lists each image's seed and randomised
+        parameters; nothing is written (no output needed).
 
     Returns
     -------
@@ -411,6 +423,7 @@ def run_batch(
     """
     from ..generator import generate
     from ..store import is_complete, to_zarr
+    from . import randomize
 
     cfg = load_batch_config(config)
     if generation:
@@ -426,10 +439,11 @@ def run_batch(
     if not sources:
         raise ConfigError("no images given (IMAGES arguments or the config's 'images')")
     out = os.fspath(output) if output is not None else cfg["output"]
-    if not out:
+    if not out and not dry_run:
         raise ConfigError("no output dataset given (-o DATASET.zarr or the config's 'output')")
     files, skipped = collect_images(sources, recursive=cfg["recursive"])
-    _check_writable(out)
+    if not dry_run:
+        _check_writable(out)
 
     gen = dict(cfg["generation"])
     library_path, pigments = gen.pop("library"), gen.pop("pigments")
@@ -439,6 +453,11 @@ def run_batch(
     # inputs shared by every image are checked once, before the dataset is created or touched:
     # a bad parameter, library file, instrument or energy axis fails the whole batch up front
     library = _check_shared_inputs(gen, library_path, pigments)
+    draws, params = randomize.batch_draws(cfg, config, files, gen, library, params)
+    if dry_run:
+        return BatchReport(output=out or "", skipped=skipped, planned=[
+            {"name": group_name(p), "image": str(p), "seed": image_seed(cfg["seed"], group_name(p)),
+             "randomized": draws[group_name(p)]} for p in files])
 
     root, _ = _open_root(out, params, cfg["overwrite"])
     phash = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
@@ -467,6 +486,8 @@ def run_batch(
             "shape": prev.get("shape") if prev else None, "status": "pending",
             "group": name, "error": None, "parameters": phash,
         }
+        if draws[name]:
+            rec["randomized"] = draws[name]
         group_exists = name in root
         done = group_exists and is_complete(out, group=name)
         changed = None
@@ -500,7 +521,10 @@ def run_batch(
         manifest[name] = rec
         save()
         try:
-            ds = generate(str(path), library, seed=img_seed, **gen)
+            img_gen, img_library = randomize.image_generation(gen, library, draws[name])
+            ds = generate(str(path), img_library, seed=img_seed, **img_gen)
+            if draws[name]:
+                ds.attrs["randomized"] = draws[name]
             rec["shape"] = [int(ds.sizes["y"]), int(ds.sizes["x"])]
             to_zarr(ds, out, group=name, progress=progress, **mode)
         except GanxError as exc:
