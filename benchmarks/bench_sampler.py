@@ -8,35 +8,90 @@ Ceilings:
 
 Sampler: :func:`ganx_dask.sampling.sample_block` on a 256×256 block of random labels (K=12
 clusters, N=400 photons, E=1024 channels, uint16), numpy and numba engines, fixed and poisson.
-Prints one JSON line; ``python benchmarks/bench_sampler.py [--quick]``.
+
+Count levels (issue 12): µs of CPU per pixel at 400 / 4 000 / 26 000 / 100 000 photons per
+pixel (E=1024, one 64×64 tile, one core), "before" = the per-photon alias path forced for every
+tile, "after" = the count-adaptive choice (:func:`ganx_dask.per_channel.use_per_channel`).
+CPU time (``time.process_time``), the minimum of the repetitions; the load average is printed
+with the results because the machine is shared.
+Prints one JSON line; ``python benchmarks/bench_sampler.py [--quick] [--levels-only]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
 
 
-def _best(fn, reps: int) -> float:
+def _best(fn, reps: int, clock=time.perf_counter) -> float:
+    """Shortest of ``reps`` runs of ``fn`` on ``clock`` (wall by default), s."""
     best = float("inf")
     for _ in range(reps):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return best
+
+
+def _workload(rng, K: int, E: int, side: int):
+    """Peaky random spectra (20 empty low channels), their alias tables and random labels."""
+    from ganx_dask import sampling
+
+    d = rng.random((K, E)) ** 8
+    d[:, :20] = 0.0
+    d /= d.sum(axis=1, keepdims=True)
+    prob, alias = sampling.alias_tables(d)
+    labels = rng.integers(0, K, size=(side, side)).astype(np.int16)
+    return prob, alias, labels
+
+
+def count_levels(reps: int = 3, levels=(400, 4000, 26000, 100000)) -> dict:
+    """µs of CPU per pixel before (per-photon forced) and after (count-adaptive), per level."""
+    from ganx_dask import per_channel, sampling
+
+    E, K, side = 1024, 12, 64
+    prob, alias, labels = _workload(np.random.default_rng(0), K, E, side)
+    engines = ["numpy"] + (["numba"] if sampling.has_numba() else [])
+    res: dict = {}
+    threshold = per_channel.MIN_PHOTONS
+    for N in levels:
+        for model in ("fixed", "poisson"):
+            for engine in engines:
+                row = {}
+                for when, floor in (("before", 10**12), ("after", threshold)):
+                    per_channel.MIN_PHOTONS = floor
+
+                    def call(N=N, model=model, engine=engine):
+                        return sampling.sample_block(labels, prob, alias, seed=1, counts=N,
+                                                     count_model=model, engine=engine)
+
+                    call()  # warm-up (numba compile, page faults)
+                    row[when] = round(_best(call, reps, time.process_time) / labels.size * 1e6, 2)
+                per_channel.MIN_PHOTONS = threshold
+                row["path"] = "per-channel" if per_channel.use_per_channel(N, E) else "per-photon"
+                res[f"{N}/{model}/{engine}"] = row
+    res["loadavg"] = os.getloadavg()
+    return res
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--levels-only", action="store_true",
+                    help="only the count levels (µs/pixel before/after)")
     a = ap.parse_args(argv)
     reps = 3 if a.quick else 5
     from ganx_dask import sampling
 
-    out: dict = {}
+    out: dict = {"loadavg_start": os.getloadavg()}
+    if a.levels_only:
+        out["count_levels_us_per_pixel"] = count_levels(reps)
+        print(json.dumps(out))
+        return out
     n = (64 if a.quick else 256) << 20
     src = np.ones(n // 8)
     dst = np.empty_like(src)
@@ -54,11 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     out["rng_ceiling_Mpix_s"] = 1.0 / (N * t / buf.size) / 1e6
     out["write_ceiling_Mpix_s"] = out["fill_GBps"] * 1e9 / (E * 2) / 1e6
 
-    d = rng.random((K, E)) ** 8
-    d[:, :20] = 0.0
-    d /= d.sum(axis=1, keepdims=True)
-    prob, alias = sampling.alias_tables(d)
-    labels = rng.integers(0, K, size=(side, side)).astype(np.int16)
+    prob, alias, labels = _workload(rng, K, E, side)
     engines = ["numpy"] + (["numba"] if sampling.has_numba() else [])
     runs = {}
     for engine in engines:
@@ -76,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "of_rng_ceiling": (P / t / 1e6) / out["rng_ceiling_Mpix_s"],
             }
     out["sampler"] = runs
+    out["count_levels_us_per_pixel"] = count_levels(reps)
     out["params"] = {"N": N, "E": E, "K": K, "pixels": P, "dtype": "uint16"}
     print(json.dumps(out))
     return out

@@ -11,7 +11,9 @@ import numpy as np
 
 from .errors import GanxError
 
-__all__ = ["alias_distributions", "alias_tables", "check_distributions"]
+__all__ = [
+    "alias_distributions", "alias_lookup", "alias_tables", "check_distributions", "padded_tables",
+]
 
 
 def check_distributions(spectra: np.ndarray) -> np.ndarray:
@@ -121,3 +123,41 @@ def alias_distributions(prob: np.ndarray, alias: np.ndarray) -> np.ndarray:
     rows = (np.arange(K, dtype=np.intp)[:, None] * E + np.asarray(alias, dtype=np.intp)).ravel()
     d = prob.ravel() + np.bincount(rows, weights=(1.0 - prob).ravel(), minlength=K * E)
     return (d / E).reshape(K, E)
+
+
+def padded_tables(prob: np.ndarray, alias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel form of the tables: rows of stride ``E + 1`` and absolute alias indices.
+
+    For ``u ≤ 1 − 2⁻⁵³`` (numpy's largest uniform) ``fl(u·E) < E`` in round-to-nearest for any
+    ``E < 2⁵³``, so ``j = E`` cannot occur; the extra column ``E`` (prob 0, alias a channel with
+    positive probability) is a free guard that keeps every index inside the table without a
+    clamping pass, whatever the rounding mode.  ``alias_abs[k, j] = k·(E+1) + alias[k, j]``.
+    """
+    K, E = prob.shape
+    W = E + 1
+    p = np.zeros((K, W), dtype=np.float64)
+    p[:, :E] = prob
+    a = np.empty((K, W), dtype=np.intp)
+    a[:, :E] = alias
+    a[:, E] = alias[:, E - 1]  # positive-mass channel: E-1 itself when prob == 1, else its alias
+    a += (np.arange(K, dtype=np.intp) * W)[:, None]
+    return p, a
+
+
+def alias_lookup(
+    u: np.ndarray, k: np.ndarray, ptab: np.ndarray, atab: np.ndarray, E: int
+) -> np.ndarray:
+    """Channel drawn for uniforms ``u`` of photons of table rows ``k`` (vectorised, numpy).
+
+    ``ptab``/``atab`` are :func:`padded_tables`.  The same float64 operations as the sampler's
+    kernels (:mod:`ganx_dask.sampling`, numpy and numba), so the channel equals the one they
+    count for the same uniform.
+    """
+    W = E + 1
+    kw = np.asarray(k, dtype=np.intp) * W
+    x = np.asarray(u, dtype=np.float64) * E
+    j = x.astype(np.intp)
+    f = x - j
+    a = kw + j
+    a = np.where(f >= ptab.ravel()[a], atab.ravel()[a], a)
+    return (a - kw).astype(np.int64)

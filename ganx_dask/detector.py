@@ -68,6 +68,10 @@ __all__ = [
     "sum_axis_params",
     "photon_pixels",
     "pileup_counts",
+    "pileup_order_count",
+    "pileup_chain_weights",
+    "pileup_order_spectra",
+    "pileup_expectation_supported",
     "apply_pileup",
     "recorded_rate",
     "live_fraction",
@@ -77,6 +81,7 @@ __all__ = [
     "psf_table",
     "blur_sources",
     "blurred_distributions",
+    "psf_mixture_weights",
     "overlap_labels",
 ]
 
@@ -686,6 +691,106 @@ def photon_pixels(photon_index: np.ndarray, photons_per_pixel) -> np.ndarray:
     return np.searchsorted(ends, np.asarray(photon_index, dtype=np.int64), side="right")
 
 
+def pileup_order_count(p_max: float, photons_max: float, tol: float = 1e-12) -> int:
+    """Longest chain kept by the expected-spectrum pile-up model (:func:`pileup_expectation`).
+
+    The expected number of chains longer than ``k`` photons is at most ``photons·p^k``; this
+    returns the smallest ``k ≥ 1`` with ``photons_max · p_max^k ≤ tol`` counts (at most 256).
+    """
+    if p_max <= 0.0 or photons_max <= 0.0:
+        return 1
+    k = math.ceil(math.log(tol / photons_max) / math.log(p_max)) if p_max < 1.0 else 256
+    return int(min(max(k, 1), 256))
+
+
+def pileup_chain_weights(photons, p_link, kmax: int, *, fixed: bool) -> np.ndarray:
+    """Expected number of chains of exactly ``k = 1 … kmax`` photons in a pixel.
+
+    Parameters
+    ----------
+    photons : float or array (P,)
+        ``N`` photons (``fixed=True``) or the Poisson mean ``μ`` of the photons, counts.
+    p_link : float or array (P,)
+        Probability of a short gap (:func:`pileup_probability`).
+    kmax : int
+        Longest chain (:func:`pileup_order_count`).
+    fixed : bool
+        Exactly ``N`` photons, else ``T ~ Poisson(μ)``.
+
+    Returns
+    -------
+    ndarray (P, kmax) float64 (``(kmax,)`` for scalar inputs)
+        For ``T`` photons and ``k < T``: ``p^(k−1)·((T − k − 1)(1 − p)² + 2(1 − p))``; for
+        ``k = T``: ``p^(T−1)``.  With Poisson ``T`` this is averaged in closed form with
+        ``E[(T − a)⁺] = μ·P(T ≥ a) − a·P(T ≥ a + 1)``.  ``Σ k·n_k`` is the photon mean and
+        ``Σ n_k`` the mean recorded events (both tested).
+    """
+    from scipy.special import pdtrc
+    from scipy.stats import poisson
+
+    scalar = np.ndim(photons) == 0 and np.ndim(p_link) == 0
+    n, p = np.broadcast_arrays(np.atleast_1d(np.asarray(photons, dtype=np.float64)),
+                               np.atleast_1d(np.asarray(p_link, dtype=np.float64)))
+    n, p = n[:, None], p[:, None]
+    k = np.arange(1, kmax + 1, dtype=np.float64)[None, :]
+    pk = p ** (k - 1.0)
+    q = 1.0 - p
+    if fixed:
+        w = np.where(k < n, pk * ((n - k - 1.0) * q * q + 2.0 * q), np.where(k == n, pk, 0.0))
+    else:
+        ge1 = pdtrc(k, n)  # P(T ≥ k + 1)
+        ge2 = pdtrc(k + 1.0, n)  # P(T ≥ k + 2)
+        excess = np.maximum(n * ge1 - (k + 1.0) * ge2, 0.0)  # E[(T − k − 1)⁺]
+        w = pk * (q * q * excess + 2.0 * q * ge1 + poisson.pmf(k, n))
+    return w[0] if scalar else w
+
+
+def pileup_order_spectra(distributions: np.ndarray, edges_kev: np.ndarray, kmax: int
+                         ) -> np.ndarray:
+    """Channel distribution of a chain of ``k = 1 … kmax`` photons (uniform axes).
+
+    A chain of ``k`` i.i.d. photons from ``d`` is recorded at ``Σ i + shift_k`` with
+    ``shift_k = floor((k − 1)·s/w + k/2)`` (:func:`summed_channels`), so its law is the
+    ``k``-fold convolution of ``d`` shifted by ``shift_k``; mass beyond the last channel is
+    lost (the rows of order ``k`` sum to less than 1).
+
+    Parameters
+    ----------
+    distributions : ndarray (U, E)
+        Photon distributions (rows sum to 1).
+    edges_kev : ndarray (E + 1,)
+        A uniform axis starting at or above ``−w/2`` (:func:`pileup_expectation_supported`).
+    kmax : int
+
+    Returns
+    -------
+    ndarray (U, kmax, E) float64
+    """
+    d = np.asarray(distributions, dtype=np.float64)
+    U, E = d.shape
+    uniform, s_over_w, _, _ = sum_axis_params(edges_kev)
+    if not pileup_expectation_supported(edges_kev):
+        raise ValueError("pile-up expectation needs a uniform axis starting at ≥ −width/2")
+    out = np.zeros((U, kmax, E))
+    out[:, 0] = d
+    nfft = 1 << int(math.ceil(math.log2(2 * E)))
+    fd = np.fft.rfft(d, nfft, axis=1)
+    cur = d
+    for k in range(2, kmax + 1):
+        cur = np.fft.irfft(np.fft.rfft(cur, nfft, axis=1) * fd, nfft, axis=1)[:, :E]
+        np.maximum(cur, 0.0, out=cur)  # FFT round-off (~1e-17) below zero
+        shift = int(math.floor((k - 1) * s_over_w + 0.5 * k + 1e-9))
+        if shift < E:
+            out[:, k - 1, shift:] = cur[:, :E - shift]
+    return out
+
+
+def pileup_expectation_supported(edges_kev) -> bool:
+    """True when :func:`pileup_order_spectra` applies: a uniform axis with ``s/w ≥ −1/2``."""
+    uniform, s_over_w, _, _ = sum_axis_params(edges_kev)
+    return bool(uniform and s_over_w >= -0.5)
+
+
 def pileup_counts(
     channels: np.ndarray, photons_per_pixel, links: np.ndarray, edges_kev: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1071,6 +1176,42 @@ def blur_sources(
         src[bad] = s
         bad = bad[s < 0]
     return src
+
+
+def psf_mixture_weights(labels_padded: np.ndarray, psf: PsfTable, n_clusters: int
+                        ) -> np.ndarray:
+    """Weight of each cluster in each pixel's blurred distribution (the per-channel blur).
+
+    ``W[p, k] = Σ_j w_j·[label(p + off_j) = k] / Σ_j w_j·[label(p + off_j) ≥ 0]``: the law
+    of the source cluster that :func:`blur_sources` draws for a photon of pixel ``p`` (offsets
+    on transparent or outside pixels are redrawn, i.e. the kernel is renormalised).
+
+    Parameters
+    ----------
+    labels_padded : int ndarray (h + 2R, w + 2R)
+        Labels with a halo of ``R = psf.radius`` pixels (−1 outside the image).
+    psf : PsfTable
+    n_clusters : int
+
+    Returns
+    -------
+    ndarray (h·w, K) float64
+        Row-major pixels; rows of pixels labelled −1 are zero.
+    """
+    R = psf.radius
+    lab = np.asarray(labels_padded, dtype=np.int64)
+    h, w = lab.shape[0] - 2 * R, lab.shape[1] - 2 * R
+    K1 = int(n_clusters) + 1
+    base = np.arange(h * w, dtype=np.int64) * K1
+    acc = np.zeros(h * w * K1)
+    for dy, dx, wt in zip(psf.dy, psf.dx, psf.weights, strict=True):
+        nb = lab[R + dy:R + dy + h, R + dx:R + dx + w].ravel()
+        acc += np.bincount(base + nb + 1, minlength=acc.size) * wt  # slot 0: label −1
+    W = acc.reshape(h * w, K1)[:, 1:]
+    norm = W.sum(axis=1, keepdims=True)
+    W = np.divide(W, norm, out=np.zeros_like(W), where=norm > 0)
+    W[lab[R:R + h, R:R + w].ravel() < 0] = 0.0
+    return W
 
 
 def blurred_distributions(

@@ -40,6 +40,15 @@ Detector effects (:mod:`ganx_dask.detector`, ``detector=``) draw from their own 
 this stream is consumed; dead time only changes the Poisson means of step 1.  With every effect
 off the cube is the plain cube, bit for bit.
 
+Count-adaptive sampling
+-----------------------
+Tiles whose valid pixels get many photons on average (``≥ max(5·E, 1000)``, e.g. 5 120 at
+E = 1024: :func:`ganx_dask.per_channel.use_per_channel`) are drawn *per channel* instead of per
+photon (:mod:`ganx_dask.per_channel`: Poisson per channel, an exact multinomial for ``fixed``),
+from their own stream ``(6, ty, tx)``; the choice depends on the parameters only (count model,
+counts, the tile's labels and scale, detector effects, E).  Below the threshold — the paper's
+default N = 400 included — the per-photon path and its bytes are unchanged.
+
 Pixels labelled −1 consume nothing and get zero counts.  The result therefore depends only on
 the seed, the labels, the spectra and the parameters — not on dask chunking (any multiple of the
 tile), scheduler, worker count, retries or engine.
@@ -58,7 +67,10 @@ import dask.array as da
 import numpy as np
 
 from . import detector as _det
-from .alias import alias_tables
+from . import per_channel as _pc
+from .alias import alias_distributions, alias_tables
+from .alias import alias_lookup as _alias_lookup
+from .alias import padded_tables as _padded_tables
 from .errors import ConfigError, GanxError
 from .seeding import check_seed
 
@@ -103,28 +115,6 @@ def has_numba() -> bool:
     except (ImportError, ValueError):
         return False
     return True
-
-
-# --------------------------------------------------------------------------------------------
-# alias tables
-# --------------------------------------------------------------------------------------------
-def _padded_tables(prob: np.ndarray, alias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel form of the tables: rows of stride ``E + 1`` and absolute alias indices.
-
-    For ``u ≤ 1 − 2⁻⁵³`` (numpy's largest uniform) ``fl(u·E) < E`` in round-to-nearest for any
-    ``E < 2⁵³``, so ``j = E`` cannot occur; the extra column ``E`` (prob 0, alias a channel with
-    positive probability) is a free guard that keeps every index inside the table without a
-    clamping pass, whatever the rounding mode.  ``alias_abs[k, j] = k·(E+1) + alias[k, j]``.
-    """
-    K, E = prob.shape
-    W = E + 1
-    p = np.zeros((K, W), dtype=np.float64)
-    p[:, :E] = prob
-    a = np.empty((K, W), dtype=np.intp)
-    a[:, :E] = alias
-    a[:, E] = alias[:, E - 1]  # positive-mass channel: E-1 itself when prob == 1, else its alias
-    a += (np.arange(K, dtype=np.intp) * W)[:, None]
-    return p, a
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,23 +297,6 @@ def _alias_count_numpy_k(
     return np.bincount(idx, minlength=npix * E)
 
 
-def _alias_lookup(
-    u: np.ndarray, k: np.ndarray, ptab: np.ndarray, atab: np.ndarray, E: int
-) -> np.ndarray:
-    """Channel drawn by the kernels for uniforms ``u`` of photons of clusters ``k`` (few photons).
-
-    The same float64 operations as the kernels, so the channel equals the one they count.
-    """
-    W = E + 1
-    kw = np.asarray(k, dtype=np.intp) * W
-    x = np.asarray(u, dtype=np.float64) * E
-    j = x.astype(np.intp)
-    f = x - j
-    a = kw + j
-    a = np.where(f >= ptab.ravel()[a], atab.ravel()[a], a)
-    return (a - kw).astype(np.int64)
-
-
 def _resolve_engine(engine: str) -> str:
     if engine not in ("auto", "numpy", "numba"):
         raise GanxError(f"engine must be 'auto', 'numpy' or 'numba', got {engine!r}")
@@ -384,6 +357,34 @@ def _pixel_totals(
             "use dtype=uint32"
         )
     return tot
+
+
+def _per_channel_tile(
+    count_model: str, counts: float, labels: np.ndarray, scale: np.ndarray | None,
+    effects: _det.DetectorEffects | None, edges, n_channels: int,
+):
+    """Whether a tile takes the per-channel path (:func:`ganx_dask.per_channel.use_per_channel`).
+
+    Decided from the parameters alone: the count model, ``counts``, the tile's labels and scale
+    and the detector effects (pile-up needs an axis :func:`~ganx_dask.detector.
+    pileup_expectation_supported` supports).  Returns ``None`` for the per-photon path, else
+    ``(true, photons)`` per valid pixel as float arrays (``None`` for ``fixed``).
+    """
+    valid, true, photons = _pixel_means(count_model, counts, labels, scale, effects)
+    nv = int(valid.sum())
+    if nv == 0:
+        return None
+    mean = float(photons) if np.ndim(photons) == 0 else float(np.mean(photons))
+    if not _pc.use_per_channel(mean, n_channels):
+        return None
+    if effects is not None and effects.pileup and (
+            not _det.pileup_expectation_supported(edges)
+            or (count_model == "fixed" and effects.blur)):
+        return None
+    if count_model == "fixed":
+        return None, None
+    return np.broadcast_to(np.asarray(true, np.float64), (nv,)), \
+        np.ascontiguousarray(np.broadcast_to(np.asarray(photons, np.float64), (nv,)))
 
 
 class TileEffects:
@@ -702,6 +703,7 @@ def sample_block(
         dtype = counts_dtype(count_model, counts, scale_max=smax)
     out = np.empty((h, w, E), dtype=dtype)
     tables = _padded_tables(prob, alias)
+    spectra = None
     for r0 in range(0, h, tile):
         r1 = min(h, r0 + tile)
         for c0 in range(0, w, tile):
@@ -714,6 +716,20 @@ def sample_block(
                     detector, seed, ty, tx, psf=psf, edges=energy_edges,
                     labels_padded=labels_padded[r0:r1 + 2 * R, c0:c1 + 2 * R] if R else None,
                 )
+            lab_t = labels[r0:r1, c0:c1]
+            sc_t = None if scale is None else scale[r0:r1, c0:c1]
+            pc = _per_channel_tile(count_model, counts, lab_t, sc_t,
+                                   detector if fx_on else None, energy_edges, E)
+            if pc is not None:
+                if lab_t.max() >= prob.shape[0]:
+                    raise GanxError(f"label {int(lab_t.max())} has no spectrum "
+                                    f"(only {prob.shape[0]} clusters)")
+                if spectra is None:
+                    spectra = alias_distributions(prob, alias)
+                _pc.sample_tile(lab_t, spectra, _pc.channel_rng(seed, ty, tx), counts=counts,
+                                count_model=count_model, true=pc[0], means=pc[1],
+                                out=out[r0:r1, c0:c1], effects=fx, tables=tables)
+                continue
             sample_tile(
                 labels[r0:r1, c0:c1], prob, alias, rng, counts=counts, count_model=count_model,
                 scale=None if scale is None else scale[r0:r1, c0:c1], dtype=dtype,

@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from ganx_dask import sampling
+from ganx_dask import per_channel, sampling
 from ganx_dask.errors import GanxError
 from tests.markers import has_numba, requires_numba
 
@@ -171,12 +171,22 @@ def test_luminosity_model_means():
         assert abs(part.var(ddof=1) / part.mean() - 1) < 5 * np.sqrt(2.0 / part.size)
 
 
-def test_overflow_never_wraps():
+def test_overflow_never_wraps(monkeypatch):
     d = _spectra(1, 4)
     prob, alias = sampling.alias_tables(d)
     lab = np.zeros((2, 2), dtype=np.int16)
-    with pytest.raises(OverflowError):
-        sampling.sample_block(lab, prob, alias, seed=0, counts=70000.0, count_model="poisson",
+    with monkeypatch.context() as m:  # per photon: a pixel total beyond uint16 raises
+        m.setattr(per_channel, "MIN_PHOTONS", 10**12)
+        with pytest.raises(OverflowError):
+            sampling.sample_block(lab, prob, alias, seed=0, counts=70000.0,
+                                  count_model="poisson", dtype=np.uint16)
+    # per channel: only a channel beyond uint16 raises; otherwise the counts are exact
+    ok = sampling.sample_block(lab, prob, alias, seed=0, counts=70000.0, count_model="poisson",
+                               dtype=np.uint16)
+    assert ok.max() < 65535 and abs(ok.sum(axis=2).mean() - 70000) < 4 * 132
+    one = sampling.alias_tables(np.array([[1.0, 0.0, 0.0, 0.0]]))
+    with pytest.raises(OverflowError, match="channel"):
+        sampling.sample_block(lab, *one, seed=0, counts=70000.0, count_model="poisson",
                               dtype=np.uint16)
     big = sampling.sample_block(lab, prob, alias, seed=0, counts=70000)
     assert big.dtype == np.uint32 and np.all(big.sum(axis=2) == 70000)
@@ -258,6 +268,7 @@ def test_sample_cube_is_lazy_and_validates():
 @pytest.mark.parametrize("engine", ENGINES)
 def test_large_counts_batches_bounded_and_bit_identical(engine, monkeypatch):
     """N·w beyond the batch budget: runs of pixels, not whole rows; the cube does not change."""
+    monkeypatch.setattr(per_channel, "MIN_PHOTONS", 10**12)  # this is the per-photon path
     K, E, N = 2, 32, 5000
     d = _spectra(K, E)
     prob, alias = sampling.alias_tables(d)
