@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import ganx_dask
@@ -20,6 +21,7 @@ def _modules() -> dict[str, tuple[Path, bool]]:
     return mods
 
 
+@functools.lru_cache(maxsize=1)
 def import_graph() -> dict[str, set[str]]:
     """Module -> the ganx_dask modules it imports (module level and inside functions).
 

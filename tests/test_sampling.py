@@ -302,3 +302,19 @@ def test_luminosity_scale_above_one_chooses_a_wide_enough_dtype():
     small = sampling.sample_cube(lab, spectra, seed=1, counts=40_000, count_model="luminosity",
                                  scale=scale / 3, tile=8, engine="numpy")
     assert small.dtype == np.uint16
+
+
+@requires_numba
+@pytest.mark.parametrize("model", ["fixed", "poisson"])
+def test_per_channel_path_identical_across_engines(model):
+    """Above max(5·E, 1000) photons the tiles are drawn per channel: still numba == numpy."""
+    d = _spectra(3, 64)
+    lab = _labels(64, 128, 3)
+    assert per_channel.use_per_channel(3000, 64)
+    a = sampling.sample_block(lab, *sampling.alias_tables(d), seed=4, counts=3000,
+                              count_model=model, engine="numpy")
+    b = sampling.sample_block(lab, *sampling.alias_tables(d), seed=4, counts=3000,
+                              count_model=model, engine="numba")
+    np.testing.assert_array_equal(a, b)
+    if model == "fixed":
+        assert np.all(a.sum(axis=2)[lab >= 0] == 3000)
