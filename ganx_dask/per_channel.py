@@ -40,7 +40,7 @@ Pile-up (uniform energy axes)
 
 Determinism
 -----------
-A per-channel tile draws from its own stream ``PCG64(SeedSequence(seed, spawn_key=(6, ty,
+A per-channel tile draws from its own stream ``PCG64(SeedSequence(seed, spawn_key=(7, ty,
 tx)))`` (:func:`channel_rng`), never from the per-photon stream ``(0, ty, tx)`` nor from the
 detector streams ``(4, …)``.  Valid pixels (label ≥ 0) are taken in row-major order in batches
 of at most ``2¹⁸`` voxels; per batch the stream is consumed as: (``fixed`` with pile-up) one
@@ -68,8 +68,8 @@ __all__ = [
     "sample_tile",
 ]
 
-#: Spawn-key namespace of the per-channel Monte Carlo: ``(6, ty, tx)``.
-CHANNEL_KEY = 6
+#: Spawn-key namespace of the per-channel Monte Carlo: ``(7, ty, tx)``.
+CHANNEL_KEY = 7
 #: A tile is drawn per channel when its mean photons per valid pixel reach this many per channel
 #: (measured break-even ≈ 4.5–6: a numpy Poisson variate costs ≈ 30–35 ns, a photon 5–9 ns).
 PHOTONS_PER_CHANNEL = 5
@@ -80,7 +80,7 @@ _BATCH_VOXELS = 1 << 18
 
 
 def channel_rng(seed: int, ty: int, tx: int) -> np.random.Generator:
-    """Generator of a per-channel tile: ``PCG64(SeedSequence(seed, spawn_key=(6, ty, tx)))``."""
+    """Generator of a per-channel tile: ``PCG64(SeedSequence(seed, spawn_key=(7, ty, tx)))``."""
     return np.random.Generator(np.random.PCG64(
         np.random.SeedSequence(int(seed), spawn_key=(CHANNEL_KEY, int(ty), int(tx)))))
 

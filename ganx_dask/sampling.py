@@ -45,7 +45,7 @@ Count-adaptive sampling
 Tiles whose valid pixels get many photons on average (``≥ max(5·E, 1000)``, e.g. 5 120 at
 E = 1024: :func:`ganx_dask.per_channel.use_per_channel`) are drawn *per channel* instead of per
 photon (:mod:`ganx_dask.per_channel`: Poisson per channel, an exact multinomial for ``fixed``),
-from their own stream ``(6, ty, tx)``; the choice depends on the parameters only (count model,
+from their own stream ``(7, ty, tx)``; the choice depends on the parameters only (count model,
 counts, the tile's labels and scale, detector effects, E).  Below the threshold — the paper's
 default N = 400 included — the per-photon path and its bytes are unchanged.
 
