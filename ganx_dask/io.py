@@ -31,6 +31,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -40,10 +41,12 @@ import xarray as xr
 
 from .errors import ImageError
 
-__all__ = ["read_image", "file_sha256", "TIFF_SUFFIXES"]
+__all__ = ["read_image", "file_sha256", "group_name", "IMAGE_SUFFIXES", "TIFF_SUFFIXES"]
 
 #: File suffixes read lazily with tifffile.
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif")
+#: File name endings treated as images when scanning a folder (case-insensitive).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".btf", ".bmp", ".gif", ".webp")
 #: Above this many pixels a non-TIFF image (decoded whole by Pillow) triggers a warning.
 _BIG_PIXELS = 100_000_000
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -432,3 +435,22 @@ def read_image(
         )
     img, mask = _wrap(rgb, opaque, where, info)
     return (img, mask) if return_alpha else img
+
+
+_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def group_name(path: str | os.PathLike) -> str:
+    """Zarr group name of an image: its file name without extension, other characters than
+    ``A-Z a-z 0-9 _ . -`` replaced by ``_`` (``"St Mark (detail).tif"`` → ``"St_Mark_detail_"``)."""
+    stem = Path(path).name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    else:
+        stem = Path(stem).stem or stem
+    name = _BAD_CHARS.sub("_", stem).strip(".") or "image"
+    if name.startswith("__"):
+        name = "img" + name
+    return name

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["SEED_LIMIT", "check_seed", "name_words"]
+__all__ = ["SEED_LIMIT", "check_seed", "image_seed", "name_words"]
 
 #: Seeds must be below this bound (``SeedSequence``'s pool of four 32-bit words).
 SEED_LIMIT = 2**128
@@ -58,3 +58,20 @@ def name_words(name: str) -> tuple[int, ...]:
     """
     words = np.frombuffer(hashlib.sha256(name.encode("utf-8")).digest(), dtype="<u4")
     return tuple(int(w) for w in words)
+
+
+def image_seed(master_seed: int, name: str) -> int:
+    """Seed of one image, from the master seed and the image's name only.
+
+    ``SeedSequence(master_seed, spawn_key=<sha256(name) as 8 uint32 words>)`` → one 63-bit
+    integer.  Independent of the image's position in the collection.
+
+    Parameters
+    ----------
+    master_seed : int
+        Non-negative master seed of the batch.
+    name : str
+        The image's name (its group name).
+    """
+    ss = np.random.SeedSequence(check_seed(master_seed, "master seed"), spawn_key=name_words(name))
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))

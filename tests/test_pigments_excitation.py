@@ -12,12 +12,12 @@ from ganx_dask.pigments.model import Layer, Pigment, sample_components, sample_s
 from ganx_dask.pigments.physics import (
     PRESETS,
     Instrument,
+    _acceptance_nodes,
     compute_components,
     render,
     source_spectrum,
     tube_spectrum,
 )
-from ganx_dask.pigments.physics import _acceptance_nodes
 
 EDGES = np.linspace(0.5, 38.5, 2049)
 WATER_CO = {"H2O": 1.0, "Co": 5e-4}

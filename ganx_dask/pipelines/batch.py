@@ -28,18 +28,15 @@ import hashlib
 import json
 import logging
 import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import ConfigError, GanxError, ImageError
-from ..io import file_sha256
-from ..seeding import check_seed, name_words
+from ..io import IMAGE_SUFFIXES, file_sha256, group_name
+from ..seeding import check_seed, image_seed
 from .config import Option, load_config, validate
 
 __all__ = [
@@ -58,9 +55,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: File name endings treated as images when scanning a folder (case-insensitive).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".btf", ".bmp", ".gif", ".webp")
 
 #: Top-level keys of a batch config (the ``generation`` section is added from ``generate()``).
 BATCH_SCHEMA: dict[str, Any] = {
@@ -138,42 +132,6 @@ def load_batch_config(
     if cfg["images"] is not None and not all(isinstance(i, str) for i in cfg["images"]):
         raise ConfigError(f"{config}: key 'images' must be a string or a list of strings")
     return cfg
-
-
-def image_seed(master_seed: int, name: str) -> int:
-    """Seed of one image, from the master seed and the image's name only.
-
-    ``SeedSequence(master_seed, spawn_key=<sha256(name) as 8 uint32 words>)`` → one 63-bit
-    integer.  Independent of the image's position in the collection.
-
-    Parameters
-    ----------
-    master_seed : int
-        Non-negative master seed of the batch.
-    name : str
-        The image's name (its group name).
-    """
-    ss = np.random.SeedSequence(check_seed(master_seed, "master seed"), spawn_key=name_words(name))
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-
-
-_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
-
-
-def group_name(path: str | os.PathLike) -> str:
-    """Zarr group name of an image: its file name without extension, other characters than
-    ``A-Z a-z 0-9 _ . -`` replaced by ``_`` (``"St Mark (detail).tif"`` → ``"St_Mark_detail_"``)."""
-    stem = Path(path).name
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    else:
-        stem = Path(stem).stem or stem
-    name = _BAD_CHARS.sub("_", stem).strip(".") or "image"
-    if name.startswith("__"):
-        name = "img" + name
-    return name
 
 
 def _is_image_name(path: Path) -> bool:

@@ -32,7 +32,7 @@ drawn fields.
 
 **Determinism.**  The value of key ``K`` (dotted, e.g. ``instrument.kv``) for an image comes
 from ``PCG64(SeedSequence(image_seed, spawn_key=(6, *sha256(K) as 8 uint32 words)))``, where
-``image_seed`` is the image's seed (:func:`~ganx_dask.pipelines.batch.image_seed`: from the
+``image_seed`` is the image's seed (:func:`~ganx_dask.seeding.image_seed`: from the
 master seed and the image *name*).  So a draw depends only on the master seed, the image name
 and that key's distribution: adding images, or randomising one more key, changes no existing
 draw.  Each draw is recorded in the image group's ``randomized`` attribute and in its manifest
@@ -51,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, GanxError
-from ..seeding import name_words
+from ..io import group_name
+from ..seeding import image_seed, name_words
 
 __all__ = [
     "RANDOMIZE_KEY",
@@ -319,8 +320,6 @@ def draw(dists: Mapping[str, Distribution], seed: int, image_name: str) -> dict[
     dict
         Dotted key → drawn value (JSON-able), sorted by key.
     """
-    from .batch import image_seed
-
     s = image_seed(seed, image_name)
     return {k: dists[k].sample(draw_rng(s, k)) for k in sorted(dists)}
 
@@ -426,8 +425,6 @@ def batch_draws(cfg: Mapping[str, Any], config, files, generation: Mapping[str, 
         A bad entry (naming ``randomize.KEY``) or an image whose drawn combination the generator
         would refuse (naming the image).
     """
-    from .batch import group_name
-
     source = str(config) if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__") \
         else "batch config"
     dists = parse_randomize(cfg.get("randomize"), source=source, library=library,
