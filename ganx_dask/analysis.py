@@ -606,10 +606,17 @@ class _Base:
 class XRFDatasetAccessor(_Base):
     """``ds.xrf``: lazy MA-XRF analysis of a ganx-dask dataset (see :mod:`ganx_dask.analysis`)."""
 
+    @property
+    def meta(self) -> dict:
+        """The dataset's attrs as Python values (nested dicts/lists; :func:`ganx_dask.attrs.decode`)."""
+        from .attrs import decode
+
+        return decode(self._obj.attrs)
+
     def _instrument(self, instrument):
         if instrument is not None:
             return instrument
-        spec = self._obj.attrs.get("instrument")
+        spec = self.meta.get("instrument")
         if spec is None:
             return None
         try:

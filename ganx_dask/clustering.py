@@ -329,8 +329,16 @@ def predict_labels(
         labels, dims=("y", "x"),
         coords={"y": img.coords["y"], "x": img.coords["x"]} if "y" in img.coords else None,
         name="labels",
-        attrs={"long_name": "cluster label (-1 = transparent, no counts)"},
+        attrs=label_attrs(model.k),
     )
+
+
+def label_attrs(k: int) -> dict:
+    """CF attributes of ``labels``: every value is a flag (-1 transparent, 0 … k-1 clusters)."""
+    return {"long_name": "cluster label (-1 = transparent, no counts)",
+            "flag_values": [-1, *range(int(k))],
+            "flag_meanings": " ".join(["transparent_no_counts",
+                                       *(f"cluster_{i}" for i in range(int(k)))])}
 
 
 def _tok(*args) -> str:

@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from ._version import __version__
+from .attrs import CONVENTIONS, RGB8, encode, pixel_coord_attrs
 from .clustering import _check_params, fit_iterative_kmeans, predict_labels, subsample_pixels
 from .energy import EnergyAxis, as_energy_axis
 from .errors import ConfigError, EnergyAxisError, GanxError, ImageError, PigmentError
@@ -227,6 +228,7 @@ def generate(
     include_rgb: bool = True,
     engine: str = "auto",
     detector=None,
+    pixel_size: float | None = None,
 ) -> xr.Dataset:
     """Build the lazy synthetic MA-XRF dataset of an image.
 
@@ -282,13 +284,17 @@ def generate(
         dead time (adds ``live_time(y, x)``, seconds; needs ``poisson`` or ``luminosity``) and
         beam-spot blur; a dict of its fields or a preset name such as ``"lab-rh"``.  ``None``:
         none (the plain sampler).
+    pixel_size : float, optional
+        Physical size of one pixel, mm (the scan step); recorded on the ``y``/``x`` coordinates
+        (``pixel_size``, ``pixel_size_units``) and in ``parameters``.  Does not change the counts.
 
     Returns
     -------
     xarray.Dataset
         Variables ``counts``, ``labels``, ``abundance``, ``spectrum``, ``cluster_rgb``,
-        ``pigment_rgb`` and optionally ``rgb`` with provenance attrs (docs/architecture.md,
-        "The dataset").  Dask-backed; computed so far: the clustering subsample, the SHA-256
+        ``pigment_rgb`` and optionally ``rgb`` with CF-style variable attributes and encoded
+        provenance attrs (docs/architecture.md, "The dataset" and "Attributes": nested values
+        are JSON text, :func:`ganx_dask.attrs.decode` or ``ds.xrf.meta`` give dicts).  Dask-backed; computed so far: the clustering subsample, the SHA-256
         of an image file, and the value range of a float/wide-integer image or of a dask
         luminosity map (validated before anything is written).
 
@@ -307,6 +313,10 @@ def generate(
         tile=tile, include_rgb=include_rgb, engine=engine,
     )
     ax = _validate(params)
+    if pixel_size is not None and not (isinstance(pixel_size, numbers.Real)
+                                       and not isinstance(pixel_size, bool)
+                                       and np.isfinite(pixel_size) and pixel_size > 0):
+        raise ConfigError(f"pixel_size must be a positive number of mm, got {pixel_size!r}")
     from .detector import as_detector, live_time_map
 
     fx = as_detector(detector)
@@ -357,11 +367,15 @@ def generate(
     energy_coord = lib_spectra.coords["energy"]
     k = np.arange(model.k)
     coords = {
-        "y": img.coords["y"], "x": img.coords["x"], "energy": energy_coord,
+        "y": img.coords["y"].assign_attrs(pixel_coord_attrs("y", pixel_size)),
+        "x": img.coords["x"].assign_attrs(pixel_coord_attrs("x", pixel_size)),
+        "energy": energy_coord,
         # variable-length strings: zarr v3 has a spec for them, not for fixed-width unicode
-        "pigment": xr.DataArray(np.array(lib.names, dtype=object), dims="pigment"),
+        "pigment": xr.DataArray(np.array(lib.names, dtype=object), dims="pigment",
+                                attrs={"long_name": "pigment name (library entry)"}),
         "cluster": xr.DataArray(k, dims="cluster", attrs={"long_name": "cluster id"}),
-        "channel": xr.DataArray(np.array(["R", "G", "B"], dtype=object), dims="channel"),
+        "channel": xr.DataArray(np.array(["R", "G", "B"], dtype=object), dims="channel",
+                                attrs={"long_name": "sRGB colour channel"}),
     }
     data_vars = {
         "counts": xr.DataArray(
@@ -371,13 +385,13 @@ def generate(
         "abundance": abundance.variable.to_base_variable(),
         "spectrum": spectrum.variable.to_base_variable(),
         "cluster_rgb": xr.Variable(("cluster", "channel"), model.cluster_rgb,
-                                   attrs={"long_name": "cluster mean colour",
-                                          "units": "8-bit sRGB"}),
+                                   attrs={"long_name": "cluster mean colour (8-bit sRGB)",
+                                          **RGB8}),
         "pigment_rgb": xr.Variable(("pigment", "channel"), lib_rgb.values.astype(np.uint8),
-                                   attrs={"long_name": "pigment characteristic colour",
-                                          "units": "8-bit sRGB"}),
+                                   attrs={"long_name": "pigment characteristic colour "
+                                          "(8-bit sRGB)", **RGB8}),
     }
-    data_vars["labels"].attrs.update(labels.attrs, units="1")
+    data_vars["labels"].attrs.update(labels.attrs)  # flag values: no units (CF)
     if fx is not None and fx.dead_time:
         data_vars["live_time"] = xr.Variable(
             ("y", "x"), live_time_map(fx, labels.data, counts, scale),
@@ -386,8 +400,8 @@ def generate(
                    "dead_time_s": fx.dead_time_us * 1e-6})
     if include_rgb:
         data_vars["rgb"] = xr.Variable(("y", "x", "channel"), img.data,
-                                       attrs={"long_name": "input image",
-                                              "units": "8-bit sRGB"})
+                                       attrs={"long_name": "input image (8-bit sRGB)",
+                                              **RGB8})
     recorded = {key: _plain(v) for key, v in params.items()}
     recorded["energy"] = str(ax) if isinstance(ax, EnergyAxis) else "custom"
     recorded["counts"] = int(counts) if float(counts) == int(counts) else float(counts)
@@ -402,11 +416,20 @@ def generate(
                               else inst_dict.get("name", str(instrument)))
     recorded["counts_dtype"] = np.dtype(dtype).name
     recorded["detector"] = det_dict
+    if pixel_size is not None:  # only when given: stores of 0.1.0 keep their fingerprint
+        recorded["pixel_size_mm"] = float(pixel_size)
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     attrs = {
         "title": "synthetic MA-XRF data cube (ganx-dask)",
+        "Conventions": CONVENTIONS,
+        "source": f"ganx-dask {__version__}: Monte Carlo photon draws from pigment spectra "
+                  "matched to the colours of an RGB image",
+        "history": f"{created} ganx-dask {__version__} generate(seed={int(seed)})",
+        "references": "A. Bombini et al., ganX - generate artificially new XRF: a python library "
+                      "to generate MA-XRF raw data out of RGB images (2023)",
         "ganx_dask_version": __version__,
         "seed": int(seed),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": created,
         "parameters": recorded,
         "library_name": lib.name,
         "library_version": lib.version,
@@ -417,4 +440,4 @@ def generate(
         "tile": int(tile),
         "image": _image_info(image, img),
     }
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
+    return xr.Dataset(data_vars, coords=coords, attrs=encode(attrs))

@@ -39,6 +39,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from .attrs import RGB8, pixel_coord_attrs
 from .errors import ImageError
 
 __all__ = ["read_image", "file_sha256", "group_name", "IMAGE_SUFFIXES", "TIFF_SUFFIXES"]
@@ -334,15 +335,15 @@ def _normalise(d: da.Array, where: str, chunks: int) -> tuple[da.Array, da.Array
 def _wrap(rgb: da.Array, opaque: da.Array | None, source: str, info: str):
     ny, nx = rgb.shape[:2]
     coords = {
-        "y": xr.DataArray(np.arange(ny), dims="y", attrs={"units": "pixel"}),
-        "x": xr.DataArray(np.arange(nx), dims="x", attrs={"units": "pixel"}),
+        "y": xr.DataArray(np.arange(ny), dims="y", attrs=pixel_coord_attrs("y")),
+        "x": xr.DataArray(np.arange(nx), dims="x", attrs=pixel_coord_attrs("x")),
     }
     img = xr.DataArray(
         rgb,
         dims=("y", "x", "channel"),
         coords={**coords, "channel": ["R", "G", "B"]},
         name="rgb",
-        attrs={"long_name": "input image", "units": "8-bit sRGB", "source": source,
+        attrs={"long_name": "input image (8-bit sRGB)", **RGB8, "source": source,
                "source_format": info},
     )
     mask = None

@@ -7,12 +7,14 @@ Layout of a store (or of ``group`` inside one)
   ``BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")`` (measured best speed × ratio,
   ``docs/performance.md``); the small variables (``labels``, ``rgb``, ``abundance`` …) with
   xarray's defaults;
-* ``region_complete(region_y, region_x)``, bool, chunks ``(1, 1)``: the per-region completion
-  record.  Region ``(ry, rx)`` covers ``y ∈ [ry·cy, (ry+1)·cy)``, ``x ∈ [rx·cx, (rx+1)·cx)``;
+* ``_internal/region_complete(region_y, region_x)``, bool, chunks ``(1, 1)``: the per-region
+  completion record, in a sub-group so that a plain ``xr.open_zarr`` does not list it (stores of
+  ganx-dask 0.1.0 have it at the top level as ``region_complete``; both are read).  Region ``(ry, rx)`` covers ``y ∈ [ry·cy, (ry+1)·cy)``, ``x ∈ [rx·cx, (rx+1)·cx)``;
   its entry is set to True by the task that wrote that region, *after* the chunk is written
   (one tiny object per region, so concurrent tasks never write the same object);
-* group attributes: the dataset's attrs plus ``complete`` (False until the very last step),
-  ``template_complete``, ``regions_total``, ``region_size`` ([cy, cx] pixels), ``fingerprint``
+* group attributes, encoded by :func:`ganx_dask.attrs.encode` (nested values as JSON text,
+  booleans as 0/1, so a plain ``xr.open_zarr(...).to_netcdf()`` works): the dataset's attrs plus
+  ``complete`` (0 until the very last step), ``template_complete``, ``regions_total``, ``region_size`` ([cy, cx] pixels), ``fingerprint``
   (SHA-256 of everything that determines the bytes: attrs except ``created``, variable names,
   dims, shapes and dtypes, region size and codec) and ``resumed`` (a list, one entry per resume:
   time and regions computed).
@@ -53,6 +55,7 @@ import zarr
 from dask.base import tokenize
 from zarr.codecs import BloscCodec
 
+from .attrs import decode, encode, encode_dataset, plain
 from .errors import GanxError, IncompleteStoreWarning, StoreExistsError
 
 __all__ = [
@@ -67,12 +70,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Name of the per-region completion record array.
-RECORD = "region_complete"
+#: Path (in the store or group) of the per-region completion record array.
+RECORD = "_internal/region_complete"
+#: Where ganx-dask 0.1.0 kept it (still read).
+_LEGACY_RECORD = "region_complete"
 #: Name of the big variable written region by region.
 CUBE = "counts"
 #: Attributes that do not determine the stored bytes (excluded from the fingerprint).
-_VOLATILE = {"created", "complete", "template_complete", "regions_total", "region_size",
+_VOLATILE = {"created", "history", "complete", "template_complete", "regions_total", "region_size",
              "fingerprint", "resumed"}
 
 
@@ -145,21 +150,9 @@ def _attrs_diff(stored: dict, requested: dict) -> list[str]:
     return out
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj
-
-
 def _canonical_attrs(attrs) -> dict:
-    """Attributes that determine the stored bytes (JSON form)."""
-    out = {k: v for k, v in _jsonable(dict(attrs)).items() if k not in _VOLATILE}
+    """Attributes that determine the stored bytes (decoded, plain Python)."""
+    out = {k: v for k, v in plain(decode(attrs)).items() if k not in _VOLATILE}
     if isinstance(out.get("parameters"), dict):  # engines are bit-identical: not a parameter
         out["parameters"] = {k: v for k, v in out["parameters"].items() if k != "engine"}
     return out
@@ -176,7 +169,7 @@ def _in_memory_contents(ds: xr.Dataset) -> dict[str, str]:
             continue
         values = np.asarray(var.values)
         if values.dtype.kind == "O":
-            raw = json.dumps(_jsonable(values), default=str).encode()
+            raw = json.dumps(plain(values), default=str).encode()
         else:
             raw = np.ascontiguousarray(values).tobytes()
         out[str(name)] = hashlib.sha256(values.dtype.str.encode() + raw).hexdigest()
@@ -233,8 +226,8 @@ def _prepare(ds: xr.Dataset, region, compressor) -> tuple[xr.Dataset, tuple[int,
     counts = ds[CUBE]
     if counts.dims[:2] != ("y", "x") or counts.ndim != 3:
         raise GanxError(f"{CUBE!r} must have dims (y, x, energy), got {counts.dims}")
-    if RECORD in ds.variables:
-        raise GanxError(f"dataset must not contain a variable named {RECORD!r}")
+    if _LEGACY_RECORD in ds.variables:
+        raise GanxError(f"dataset must not contain a variable named {_LEGACY_RECORD!r}")
     cy, cx = _region_size(counts, region)
     E = counts.shape[2]
     data = counts.data if isinstance(counts.data, da.Array) else da.asarray(counts.data)
@@ -242,7 +235,7 @@ def _prepare(ds: xr.Dataset, region, compressor) -> tuple[xr.Dataset, tuple[int,
     if any(c[:-1] != (w,) * (len(c) - 1) or c[-1] > w for c, w in zip(data.chunks, want,
                                                                         strict=True)):
         data = data.rechunk(want)
-    ds = ds.drop_encoding()  # e.g. a dataset read from another store: its chunks/codecs don't apply
+    ds = encode_dataset(ds.drop_encoding())  # e.g. a dataset read from another store: its chunks/codecs don't apply
     ds[CUBE] = counts.copy(data=data).drop_encoding()
     # fixed-width numpy strings have no Zarr v3 data type (zarr warns "unstable"); variable-length
     # UTF-8 ("string") does: store pigment names, channel names... as object arrays
@@ -268,10 +261,11 @@ def _open_group(path: Path, group: str | None, mode: str = "r"):
 
 def _write_template(ds: xr.Dataset, path: Path, group, region, codec, fp: str) -> None:
     ny, nx = _n_regions(ds[CUBE].shape, region)
-    attrs = _jsonable(dict(ds.attrs))
+    attrs = decode(ds.attrs)
     attrs.update(complete=False, template_complete=False, regions_total=int(ny * nx),
                  region_size=list(region), fingerprint=fp)
     attrs["resumed"] = []  # a dataset read from another store carries that store's history
+    attrs = encode(attrs)
     small = ds.drop_vars(CUBE)
     small.attrs = attrs
     small.to_zarr(str(path), group=group, mode="w", zarr_format=3, consolidated=False)
@@ -281,15 +275,32 @@ def _write_template(ds: xr.Dataset, path: Path, group, region, codec, fp: str) -
     cube.to_zarr(str(path), group=group, mode="a", zarr_format=3, consolidated=False,
                  compute=False, encoding=enc)
     g = _open_group(path, group, "r+")
-    g.create_array(RECORD, shape=(ny, nx), chunks=(1, 1), dtype="bool", fill_value=False,
+    parent, name = RECORD.split("/")
+    g.require_group(parent).create_array(name, shape=(ny, nx), chunks=(1, 1), dtype="bool", fill_value=False,
                    dimension_names=("region_y", "region_x"), compressors=None,
                    attributes={"description": "True once region (region_y, region_x) of "
                                f"{CUBE!r} is written", "region_size": list(region)})
-    g.attrs.update({"template_complete": True})
+    _update_attrs(g, template_complete=True)
+
+
+def _update_attrs(g, **values) -> None:
+    """Set some group attributes, encoded (and ``json_attrs`` kept in step)."""
+    g.attrs.put(encode({**decode(g.attrs), **values}))  # a 0.1.0 store is migrated as a whole
+
+
+def _record_path(g) -> str:
+    """The record's path in group ``g`` (0.1.0 stores: top level); KeyError when absent."""
+    for p in (RECORD, _LEGACY_RECORD):
+        try:
+            g[p]
+        except KeyError:
+            continue
+        return p
+    raise KeyError(RECORD)
 
 
 def _write_region(block: np.ndarray, path: str, group: str | None, ry: int, rx: int,
-                  y0: int, x0: int) -> int:
+                  y0: int, x0: int, record: str = RECORD) -> int:
     """Task: write one region of ``counts`` then record it (module level: pickles by ref)."""
     prefix = f"{group.strip('/')}/" if group else ""
     # write_empty_chunks=True skips zarr's all-zero scan of every chunk (~0.1 CPU-s per 128 MB
@@ -297,7 +308,7 @@ def _write_region(block: np.ndarray, path: str, group: str | None, ry: int, rx: 
     arr = zarr.open_array(path, path=prefix + CUBE, mode="r+", zarr_format=3).with_config(
         {"write_empty_chunks": True})
     arr[y0:y0 + block.shape[0], x0:x0 + block.shape[1], :] = block
-    rec = zarr.open_array(path, path=prefix + RECORD, mode="r+", zarr_format=3)
+    rec = zarr.open_array(path, path=prefix + record, mode="r+", zarr_format=3)
     rec[ry, rx] = True
     return int(block.nbytes)
 
@@ -349,7 +360,8 @@ def _is_consolidated(path: Path, group) -> bool:
 
 
 def _record(path: Path, group) -> np.ndarray:
-    return np.asarray(_open_group(path, group)[RECORD][...], dtype=bool)
+    g = _open_group(path, group)
+    return np.asarray(g[_record_path(g)][...], dtype=bool)
 
 
 # --------------------------------------------------------------------------------- public API
@@ -430,7 +442,7 @@ def to_zarr(
     need_template = True
     if exists and resume:
         try:
-            attrs = dict(_open_group(path, group).attrs)
+            attrs = decode(_open_group(path, group).attrs)
         except Exception as exc:  # noqa: BLE001 - any unreadable store is a user error here
             raise GanxError(f"cannot resume {str(target)!r}: not a readable Zarr group ({exc})") from exc
         if "fingerprint" not in attrs:
@@ -467,15 +479,16 @@ def to_zarr(
     if exists and resume:
         resumed.append({"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                         "regions_computed": len(todo), "regions_total": int(done.size)})
-        _open_group(path, group, "r+").attrs.update({"resumed": resumed})
+        _update_attrs(_open_group(path, group, "r+"), resumed=resumed)
         log.warning("resuming %s: computing %d of %d regions", target, len(todo), done.size)
     blocks = ds[CUBE].data.to_delayed()
     write = dask.delayed(_write_region, pure=True)
+    record = _record_path(_open_group(path, group))
     # keys unique per target: two stores of identical content written at once on one
     # distributed cluster must not share (and so skip) each other's write tasks
     token = tokenize(fp, str(path.resolve()), group)
     tasks = [
-        write(blocks[ry, rx, 0], str(path), group, ry, rx, ry * reg[0], rx * reg[1],
+        write(blocks[ry, rx, 0], str(path), group, ry, rx, ry * reg[0], rx * reg[1], record,
               dask_key_name=f"ganx-write-region-{token}-{ry}-{rx}")
         for ry, rx in todo
     ]
@@ -483,7 +496,7 @@ def to_zarr(
         _compute(tasks, progress)
     if not _record(path, group).all():  # pragma: no cover - a task failed silently
         raise GanxError(f"store {str(target)!r}: some regions were not recorded as written")
-    _open_group(path, group, "r+").attrs.update({"complete": True})
+    _update_attrs(_open_group(path, group, "r+"), complete=True)
     _consolidate(path, group)
     return str(path)
 
@@ -491,7 +504,7 @@ def to_zarr(
 def is_complete(path: str | os.PathLike, group: str | None = None) -> bool:
     """True when the store exists and its ``complete`` flag is set (False for anything else)."""
     try:
-        return bool(_open_group(Path(os.fspath(path)), group).attrs.get("complete", False))
+        return bool(decode(_open_group(Path(os.fspath(path)), group).attrs).get("complete", False))
     except Exception:  # noqa: BLE001 - missing/unreadable store is simply not complete
         return False
 
@@ -507,33 +520,54 @@ def missing_regions(path: str | os.PathLike, group: str | None = None) -> list[t
         g = _open_group(p, group)
     except Exception as exc:  # noqa: BLE001
         raise GanxError(f"{str(_group_dir(p, group))!r} is not a Zarr store ({exc})") from exc
-    if RECORD not in g or not g.attrs.get("template_complete", False):
-        if RECORD in g:
-            shape = g[RECORD].shape
+    try:
+        record = _record_path(g)
+    except KeyError:
+        record = None
+    if record is None or not decode(g.attrs).get("template_complete", False):
+        if record is not None:
+            shape = g[record].shape
         elif CUBE in g and "region_size" in g.attrs:
             shape = _n_regions(g[CUBE].shape, g.attrs["region_size"])
         else:
             raise GanxError(f"{str(_group_dir(p, group))!r} has no region record")
         return [(ry, rx) for ry in range(shape[0]) for rx in range(shape[1])]
-    rec = np.asarray(g[RECORD][...], dtype=bool)
+    rec = np.asarray(g[record][...], dtype=bool)
     return [(int(a), int(b)) for a, b in zip(*np.nonzero(~rec), strict=True)]
 
 
-def open_cube(path: str | os.PathLike, group: str | None = None) -> xr.Dataset:
+def open_cube(path: str | os.PathLike, group: str | None = None, *,
+              decode_attrs: bool = False) -> xr.Dataset:
     """Open a store lazily (dask arrays with the zarr chunks).
 
     Warns :class:`~ganx_dask.errors.IncompleteStoreWarning` when the store's ``complete`` flag is
     not set (an interrupted run: missing regions read as zeros).  The internal region record is
     not part of the returned dataset (see :func:`missing_regions`).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The store.
+    group : str, optional
+        Group inside the store.
+    decode_attrs : bool
+        ``False`` (default): attrs encoded as every ganx-dask dataset carries them
+        (:mod:`ganx_dask.attrs`; nested values as JSON text, so ``ds.to_netcdf()`` works — also
+        for a 0.1.0 store, whose nested dicts are encoded on reading).  ``True``: the Python
+        view, nested values as dicts/lists (:func:`ganx_dask.attrs.decode`).
     """
     p = Path(os.fspath(path))
     if not _group_dir(p, group).exists():
         raise GanxError(f"store {str(_group_dir(p, group))!r} does not exist")
     try:
         ds = xr.open_zarr(str(p), group=group, zarr_format=3,
-                          consolidated=_is_consolidated(p, group), drop_variables=[RECORD])
+                          consolidated=_is_consolidated(p, group),
+                          drop_variables=[_LEGACY_RECORD])
     except Exception as exc:  # noqa: BLE001
         raise GanxError(f"cannot open {str(_group_dir(p, group))!r} as a Zarr store: {exc}") from exc
+    ds = encode_dataset(ds)
+    if decode_attrs:
+        ds.attrs = decode(ds.attrs)
     if not ds.attrs.get("complete", False):
         warnings.warn(
             f"store {str(_group_dir(p, group))!r} is incomplete (generation was interrupted); "

@@ -25,6 +25,7 @@ import xarray as xr
 from PIL import Image
 
 from ganx_dask import io as gio
+from ganx_dask import store as store_mod
 from ganx_dask.cli import main
 from ganx_dask.energy import EnergyAxis
 from ganx_dask.errors import GanxError, ImageError
@@ -328,7 +329,7 @@ def _interrupt(store: Path) -> None:
     import zarr
 
     g = zarr.open_group(str(store), mode="r+", zarr_format=3)
-    g["region_complete"][0, 1] = False
+    g[store_mod.RECORD][0, 1] = False
     g.attrs.update({"complete": False})
     shutil.rmtree(store / "counts" / "c" / "0" / "1")
 
@@ -363,7 +364,7 @@ def test_interrupted_run_refused_or_resumed_only_with_same_parameters(files, tmp
     # the same parameters finish it: the counts are byte-identical to an uninterrupted run
     assert main(_gen(files, out, "--resume")) == 0
     a, b = xr.open_zarr(ref, consolidated=False), xr.open_zarr(out, consolidated=False)
-    assert b.attrs["complete"] is True and b.attrs["resumed"][-1]["regions_computed"] == 1
+    assert b.attrs["complete"] == 1 and b.xrf.meta["resumed"][-1]["regions_computed"] == 1
     assert (out / "counts" / "c" / "0" / "1").is_dir()
     np.testing.assert_array_equal(a["counts"].values, b["counts"].values)
     for chunk in (ref / "counts" / "c").rglob("*"):

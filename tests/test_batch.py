@@ -12,6 +12,7 @@ import yaml
 import zarr
 from PIL import Image
 
+from ganx_dask.attrs import decode
 from ganx_dask.cli import main
 from ganx_dask.errors import ConfigError, GanxError, ImageError
 from ganx_dask.pipelines.batch import (
@@ -281,7 +282,7 @@ def test_config_detector_effects_reach_the_stores(folder, tmp_path):
     report = run_batch(None, None, cfg)
     assert report.generated == ["page_0"] and not report.failed
     g = zarr.open_group(str(tmp_path / "out.zarr" / "page_0"), mode="r")
-    stored = dict(g.attrs["detector"])
+    stored = decode(g.attrs)["detector"]
     assert {k: stored[k] for k in det} == det
     live = np.asarray(g["live_time"][...])  # dead time on: live time per pixel, s
     assert live.shape == tuple(report.manifest[0]["shape"])

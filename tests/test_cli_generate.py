@@ -81,8 +81,8 @@ def test_demo_subprocess_store_opens_with_xarray(tmp_path):
     assert ds["counts"].dims == ("y", "x", "energy")
     assert ds.sizes["energy"] == 256 and (ds.sizes["y"], ds.sizes["x"]) == (512, 384)
     assert ds.attrs["energy_axis"] == "0.5:38.5:256" and ds.attrs["seed"] == 0
-    assert ds.attrs["parameters"]["counts"] == 50 and ds.attrs["complete"] is True
-    assert ds.attrs["image"]["source"].endswith("demo.png")
+    assert ds.xrf.meta["parameters"]["counts"] == 50 and ds.attrs["complete"] == 1
+    assert ds.xrf.meta["image"]["source"].endswith("demo.png")
     assert ds.sizes["pigment"] >= 9
     corner = ds["counts"][:64, :64].values
     assert np.all(corner.sum(-1) == 50)

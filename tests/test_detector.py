@@ -675,7 +675,7 @@ def test_generate_records_effects_and_live_time(two_pigments, tmp_path):
     kw = dict(seed=4, energy=AX64, counts=50, count_model="luminosity", n_start=2, delta=0,
               fit_samples=2000, tile=32, engine="numpy")
     ds = generate(img, lib, chunks=32, detector=fx, **kw)
-    assert ds.attrs["detector"] == fx.to_dict() == ds.attrs["parameters"]["detector"]
+    assert ds.xrf.meta["detector"] == fx.to_dict() == ds.xrf.meta["parameters"]["detector"]
     lt = ds["live_time"]
     assert lt.dims == ("y", "x") and lt.dtype == np.float32 and lt.attrs["units"] == "s"
     assert lt.attrs["dwell_time_s"] == pytest.approx(0.01)
@@ -684,14 +684,14 @@ def test_generate_records_effects_and_live_time(two_pigments, tmp_path):
     np.testing.assert_array_equal(ds["counts"].values, big["counts"].values)
     store = to_zarr(ds, tmp_path / "fx.zarr", progress=False)
     back = open_cube(store)
-    assert det.DetectorEffects.from_dict(back.attrs["detector"]) == fx
+    assert det.DetectorEffects.from_dict(back.xrf.meta["detector"]) == fx
     np.testing.assert_array_equal(back["live_time"].values, lt.values)
     n = 50 * relative_luminance(img).astype(float) / 0.01  # true input rate, counts/s
     np.testing.assert_allclose(lt.values, 0.01 / (1 + n * 50e-6), rtol=1e-6)
     with pytest.raises(ConfigError, match="dead-time"):
         generate(img, lib, chunks=32, detector=fx, **{**kw, "count_model": "fixed"})
     plain = generate(img, lib, chunks=32, detector=None, **kw)
-    assert "live_time" not in plain and plain.attrs["detector"] is None
+    assert "live_time" not in plain and plain.xrf.meta["detector"] is None
 
 
 def test_cli_generate_with_detector_options(two_pigments, tmp_path):
@@ -707,7 +707,7 @@ def test_cli_generate_with_detector_options(two_pigments, tmp_path):
     from ganx_dask.store import open_cube
 
     ds = open_cube(out)
-    fx = det.DetectorEffects.from_dict(ds.attrs["detector"])
+    fx = det.DetectorEffects.from_dict(ds.xrf.meta["detector"])
     assert fx == det.DetectorEffects(pulse_pair_ns=300, dwell_ms=10, dead_time_model="paralyzable",
                                      dead_time_us=20, blur_fwhm_px=1.5)
     expected = 0.01 * math.exp(-30 / 0.01 * 20e-6)

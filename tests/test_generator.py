@@ -10,6 +10,7 @@ import xarray as xr
 from dask.utils import key_split
 from scipy import stats
 
+from ganx_dask.attrs import decode
 from ganx_dask.energy import EnergyAxis
 from ganx_dask.errors import ConfigError, EnergyAxisError, GanxError, ImageError
 from ganx_dask.generator import generate, relative_luminance
@@ -92,13 +93,13 @@ def test_layout_dtypes_coords_attrs(lib, tmp_path):
     assert ds["pigment_rgb"].dims == ("pigment", "channel")
     assert ds["rgb"].dims == ("y", "x", "channel")
     assert ds["counts"].data.chunks[:2] == ((64, 64), (64, 64, 64))
-    assert ds.energy.attrs["units"] == "keV" and ds.y.attrs["units"] == "pixel"
+    assert ds.energy.attrs["units"] == "keV" and "units" not in ds.y.attrs
     np.testing.assert_allclose(ds.energy.values, AXIS.centres)
     assert list(ds.pigment.values) == list(COLOURS)
     assert list(ds.channel.values) == ["R", "G", "B"]
     np.testing.assert_allclose(ds["abundance"].sum("pigment"), 1.0)
     np.testing.assert_allclose(ds["spectrum"].sum("energy"), 1.0)
-    a = ds.attrs
+    a = ds.xrf.meta
     assert a["seed"] == 3 and a["library_name"] == "test-lib" and a["library_version"] == "1.2"
     assert a["energy_axis"] == "0.5:38.5:64" and a["tile"] == 64
     assert a["clustering"]["k"] == ds.sizes["cluster"] == 4
@@ -179,7 +180,7 @@ def test_poisson_and_luminosity_models(lib):
                   luminosity=fac)
     c = ds["counts"].values.sum(-1)
     assert np.all(c[:, :96] == 0) and abs(c[:, 96:].mean() - 100) < 1.0
-    assert ds.attrs["parameters"]["luminosity"] == "user map"
+    assert ds.xrf.meta["parameters"]["luminosity"] == "user map"
     # default: relative luminance of the pixel colour (white ~1, black 0)
     bw = np.zeros((64, 128, 3), np.uint8)
     bw[:, 64:] = 255
@@ -292,7 +293,7 @@ def test_tiled_tiff_file_gives_same_cube_as_array(lib, tmp_path):
     tifffile.imwrite(p, img, tile=(64, 64), bigtiff=True, photometric="rgb")
     a = generate(img, lib, seed=9, **SMALL)
     b = generate(p, lib, seed=9, **SMALL)
-    assert b.attrs["image"]["source"] == str(p.resolve()) and len(b.attrs["image"]["sha256"]) == 64
+    assert b.xrf.meta["image"]["source"] == str(p.resolve()) and len(b.xrf.meta["image"]["sha256"]) == 64
     np.testing.assert_array_equal(a["counts"].values, b["counts"].values)
 
 
@@ -301,10 +302,10 @@ def test_provenance_attrs_are_plain_json_with_numpy_scalar_parameters(lib):
     params = {**SMALL, "counts": np.float32(60), "n_start": np.int64(4), "chunks": np.int64(64),
               "tile": np.int32(64), "threshold": np.float32(0.25)}
     ds = generate(blocks_image(), lib, seed=np.int64(3), **params)
-    back = json.loads(json.dumps(ds.attrs))
+    back = decode(json.loads(json.dumps(ds.attrs)))
     assert back["parameters"]["seed"] == 3 and back["parameters"]["n_start"] == 4
     assert back["parameters"]["chunks"] == 64 and back["parameters"]["counts"] == 60
-    assert type(ds.attrs["parameters"]["threshold"]) is float
+    assert type(ds.xrf.meta["parameters"]["threshold"]) is float
 
 
 def test_user_luminosity_map_content_is_recorded(lib):
@@ -312,13 +313,13 @@ def test_user_luminosity_map_content_is_recorded(lib):
     img = blocks_image()
     kw = {**SMALL, "counts": 20, "count_model": "luminosity"}
     fac = np.ones(img.shape[:2])
-    a = generate(img, lib, seed=8, luminosity=fac, **kw).attrs["parameters"]
-    b = generate(img, lib, seed=8, luminosity=fac.copy(), **kw).attrs["parameters"]
+    a = generate(img, lib, seed=8, luminosity=fac, **kw).xrf.meta["parameters"]
+    b = generate(img, lib, seed=8, luminosity=fac.copy(), **kw).xrf.meta["parameters"]
     fac[5, 5] = 0.5
-    c = generate(img, lib, seed=8, luminosity=fac, **kw).attrs["parameters"]
+    c = generate(img, lib, seed=8, luminosity=fac, **kw).xrf.meta["parameters"]
     assert a["luminosity"] == "user map" and a["luminosity_map"] == b["luminosity_map"]
     assert a["luminosity_map"]["token"] != c["luminosity_map"]["token"]
-    assert "luminosity_map" not in generate(img, lib, seed=8, **SMALL).attrs["parameters"]
+    assert "luminosity_map" not in generate(img, lib, seed=8, **SMALL).xrf.meta["parameters"]
 
 
 def test_image_hash_is_the_file_sha256(lib, tmp_path):
@@ -329,19 +330,19 @@ def test_image_hash_is_the_file_sha256(lib, tmp_path):
     p = tmp_path / "img.tif"
     tifffile.imwrite(p, blocks_image(), tile=(64, 64), photometric="rgb")
     want = hashlib.sha256(p.read_bytes()).hexdigest()
-    assert generate(p, lib, seed=1, **SMALL).attrs["image"]["sha256"] == want
+    assert generate(p, lib, seed=1, **SMALL).xrf.meta["image"]["sha256"] == want
     tifffile.imwrite(p, blocks_image()[::-1].copy(), tile=(64, 64), photometric="rgb")
-    again = generate(p, lib, seed=1, **SMALL).attrs["image"]["sha256"]
+    again = generate(p, lib, seed=1, **SMALL).xrf.meta["image"]["sha256"]
     assert again == hashlib.sha256(p.read_bytes()).hexdigest() != want
 
 
 def test_in_memory_image_content_is_recorded(lib):
     img = blocks_image()
-    a = generate(img, lib, seed=1, **SMALL).attrs["image"]
+    a = generate(img, lib, seed=1, **SMALL).xrf.meta["image"]
     b = generate(xr.DataArray(img.copy(), dims=("y", "x", "channel")), lib, seed=1,
-                 **SMALL).attrs["image"]
+                 **SMALL).xrf.meta["image"]
     img[0, 0] = (1, 2, 3)
-    c = generate(img, lib, seed=1, **SMALL).attrs["image"]
+    c = generate(img, lib, seed=1, **SMALL).xrf.meta["image"]
     assert a["token"] == b["token"] != c["token"]
 
 

@@ -10,9 +10,11 @@ import tifffile
 import yaml
 import zarr
 
+from ganx_dask.attrs import decode
 from ganx_dask.cli import main
 from ganx_dask.errors import ConfigError, GanxError, StoreExistsError
 from ganx_dask.pipelines.mosaic import load_mosaic_config, run_mosaic
+from ganx_dask.store import RECORD
 
 GEN = {"energy": "0.5:38.5:128", "counts": 50, "chunks": 64, "n_start": 3, "delta": 1,
        "fit_samples": 2000, "score_batch": 256}
@@ -50,8 +52,8 @@ def test_mosaic_writes_every_region(mosaic_store):
     assert report.regions_total == 3 * 4 and report.regions_computed == 12
     assert not report.resumed
     g = zarr.open_group(str(out), mode="r")
-    assert g.attrs["complete"] is True and g.attrs["seed"] == 11
-    assert np.asarray(g["region_complete"][...]).all()
+    assert g.attrs["complete"] == 1 and g.attrs["seed"] == 11
+    assert np.asarray(g[RECORD][...]).all()
     assert g["counts"].chunks == (64, 64, 128)
     assert int(np.asarray(g["counts"][...]).sum(axis=-1).min()) == 50
     assert "computed 12 of 12 regions" in report.summary()
@@ -66,7 +68,7 @@ def test_rerun_resumes_only_the_missing_regions_byte_identical(mosaic_store, tmp
     g = zarr.open_group(str(part), mode="r+")
     for ry, rx in [(0, 3), (1, 1), (2, 0)]:
         (part / "counts" / "c" / str(ry) / str(rx) / "0").unlink()
-        g["region_complete"][ry, rx] = False
+        g[RECORD][ry, rx] = False
     g.attrs["complete"] = False
     cfg = tmp_path / "mosaic.yaml"
     cfg.write_text(yaml.safe_dump({"seed": 11, "output": "interrupted.zarr",
@@ -74,8 +76,8 @@ def test_rerun_resumes_only_the_missing_regions_byte_identical(mosaic_store, tmp
     rc = main(["mosaic", _tiff_of(out), "--config", str(cfg)])
     assert rc == 0
     assert "resumed" in capsys.readouterr().out
-    attrs = zarr.open_group(str(part), mode="r").attrs
-    assert attrs["complete"] is True
+    attrs = decode(zarr.open_group(str(part), mode="r").attrs)
+    assert attrs["complete"] == 1
     assert attrs["resumed"][-1]["regions_computed"] == 3
     assert _data(part) == ref
 
@@ -87,7 +89,7 @@ def test_rerun_resumes_only_the_missing_regions_byte_identical(mosaic_store, tmp
 
 
 def _tiff_of(store: Path) -> str:
-    return zarr.open_group(str(store), mode="r").attrs["image"]["source"]
+    return decode(zarr.open_group(str(store), mode="r").attrs)["image"]["source"]
 
 
 def test_existing_store_without_resume_is_left_alone(mosaic_store, tmp_path):

@@ -212,8 +212,8 @@ def inspect_store(ds, outdir: Path, *, elements=None, width=None):
                              path=outdir / "flattened.png")
     files.append("flattened.png")
     if all(v in ds for v in ("rgb", "labels", "cluster_rgb")):
-        k = ds.attrs.get("clustering", {}).get("k") if isinstance(ds.attrs.get("clustering"),
-                                                                   dict) else None
+        clustering = ds.xrf.meta.get("clustering")
+        k = clustering.get("k") if isinstance(clustering, dict) else None
         plotting.rgb_comparison(ds["rgb"], ds["labels"], ds["cluster_rgb"], k=k,
                                 path=outdir / "rgb.png")
         files.append("rgb.png")
@@ -267,7 +267,7 @@ def write_inspect_report(ds, source: str, outdir: Path, files, maps, spec) -> Pa
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in files]
     lines += ["", "## Parameters and provenance", "", "| attribute | value |", "|---|---|"]
-    for k, v in ds.attrs.items():
+    for k, v in ds.xrf.meta.items():
         lines.append(f"| {k} | {_fmt_attr(v)} |")
     path = outdir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -140,6 +140,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--tile", type=int, default=64,
                    help="seeding tile edge, pixels; output is identical for any chunk that is "
                         "a multiple of it (default: %(default)s)")
+    g.add_argument("--pixel-size", type=float, default=None, metavar="MM",
+                   help="physical pixel size (scan step), mm; recorded on the y/x coordinates")
     g.add_argument("--no-rgb", action="store_true", help="do not store the input image")
     g.add_argument("--scheduler", default=None, metavar="NAME|ADDRESS",
                    help="threads, processes, synchronous, a tcp://host:port address or a "
@@ -227,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
             patience=args.patience, score_batch=args.score_batch, fit_samples=args.fit_samples,
             chunks=args.chunk, tile=args.tile, instrument=args.instrument,
             include_rgb=not args.no_rgb, engine=args.engine, detector=detector,
+            pixel_size=args.pixel_size,
         )
         out = to_zarr(ds, args.output, overwrite=args.overwrite, resume=args.resume,
                       progress=not args.no_progress)

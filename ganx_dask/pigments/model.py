@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from ..attrs import RGB8
 from ..energy import as_energy_axis, axis_edges, rebin
 from ..errors import EnergyAxisError, PigmentError
 
@@ -391,7 +392,7 @@ class PigmentLibrary:
             arr,
             dims=("pigment", "channel"),
             coords={"pigment": self.names, "channel": ["R", "G", "B"]},
-            attrs={"long_name": "characteristic sRGB colour", "units": "8-bit sRGB"},
+            attrs={"long_name": "characteristic colour (8-bit sRGB)", **RGB8},
         )
 
     def spectra(self, energy, instrument=None) -> xr.DataArray:

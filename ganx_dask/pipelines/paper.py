@@ -328,7 +328,7 @@ def run_paper(config=None, output: str | os.PathLike | None = None, *, small: bo
             "pigments": list(lib.names), "thresholds": thresholds, "small": small,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "version": __version__, "wall_s": time.perf_counter() - t0,
-            "clustering": first.attrs.get("clustering"),
+            "clustering": first.xrf.meta.get("clustering"),
         }
         tables = {"table1": t1, "table2": t2}
         (tmp / "tables.md").write_text(_tables_markdown(names, t1, t2, meta), encoding="utf-8")
