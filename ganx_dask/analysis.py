@@ -42,6 +42,9 @@ __all__ = [
     "roi",
     "element_map",
     "element_maps",
+    "line_peak",
+    "line_present",
+    "line_overlaps",
     "sum_spectrum",
     "rebin",
     "rebin_matrix",
@@ -311,6 +314,85 @@ def element_maps(counts, elements: Iterable[str | tuple[str, str]] = PAPER_ELEME
         line_energy=("element", [m.attrs["line_energy_keV"] for m in maps], {"units": "keV"}))
     out.attrs = {"units": "counts", "long_name": "element map", "skipped": skipped}
     return out
+
+
+def line_peak(spectrum, element: str, line: str | None = None, *, width: float | None = None,
+              instrument=None) -> dict:
+    """How clearly an emission line stands above the background of a sum spectrum.
+
+    The gross counts ``G`` in the element-map window are compared with a baseline ``B`` taken
+    from two side bands of the same width just below and above it (scaled to the window's
+    channels): ``net = G − B`` and ``z = net / sqrt(G + r²·S)`` (Poisson; ``S`` side-band counts,
+    ``r`` window/side channel ratio).  A neighbouring peak in a side band raises ``B``, so the
+    test errs towards "absent".
+
+    Parameters
+    ----------
+    spectrum : xarray.DataArray
+        ``(energy,)`` counts with bin centres in keV (:func:`sum_spectrum`, computed).
+    element, line, width, instrument
+        As for :func:`element_map`.
+
+    Returns
+    -------
+    dict
+        ``element``, ``line``, ``line_energy_keV``, ``gross``, ``net`` (counts), ``z`` (σ),
+        ``peak_fraction`` (net / gross).
+    """
+    e_c = np.asarray(spectrum["energy"].values, dtype=float)
+    y = np.asarray(spectrum.values, dtype=float)
+    el, ln = parse_element((element, line) if line else element, e_c)
+    e, e0, e1 = element_window(el, ln, e_c, width, instrument)
+    win = _channel_slice(e_c, e0, e1, centre=e)
+    n = win.stop - win.start
+    lo = slice(max(0, win.start - n), win.start)
+    hi = slice(win.stop, min(e_c.size, win.stop + n))
+    side_n = (lo.stop - lo.start) + (hi.stop - hi.start)
+    gross = float(y[win].sum())
+    side = float(y[lo].sum() + y[hi].sum())
+    r = n / side_n if side_n else 0.0
+    base = r * side
+    net = gross - base
+    var = gross + r * r * side
+    z = net / np.sqrt(var) if var > 0 else 0.0
+    return {"element": el, "line": ln, "line_energy_keV": e, "gross": gross, "net": net,
+            "z": float(z), "peak_fraction": net / gross if gross > 0 else 0.0}
+
+
+def line_present(peak: dict, *, z_min: float = 5.0, fraction_min: float = 0.1) -> bool:
+    """A :func:`line_peak` result above noise: ``z ≥ z_min`` and net ≥ ``fraction_min`` of the
+    window's counts (with millions of counts a 1 % bump is significant yet its map is noise)."""
+    return peak["z"] >= z_min and peak["peak_fraction"] >= fraction_min
+
+
+def line_overlaps(element: str, line: str, energy, *, elements: Iterable[str] = (),
+                  instrument=None) -> list[tuple[str, str, float]]:
+    """Lines of *other* elements that fall inside the detector resolution of ``element``'s line.
+
+    Every line family of :data:`LINES` of each of ``elements`` inside the energy axis (bin
+    centres, keV) is compared; a line closer than the detector FWHM at ``element``'s line is
+    not resolved from it, so that element map also shows the other element (As Kα / Pb Lα,
+    S Kα / Pb Mα, Ti Kα / Ba Lα …).
+
+    Returns
+    -------
+    list of (element, line, energy keV)
+        Sorted by distance.
+    """
+    el, ln = parse_element((element, line), energy)
+    e = line_energy(el, ln)
+    fwhm = float(detector_fwhm(e, instrument))
+    lo, hi = _axis_range(energy)
+    out = []
+    for other in {parse_element((o, "Ka"))[0] for o in elements} - {el}:
+        for name in LINES:
+            try:
+                e2 = line_energy(other, name)
+            except GanxError:
+                continue
+            if lo <= e2 <= hi and abs(e2 - e) < fwhm:
+                out.append((other, name, e2))
+    return sorted(out, key=lambda t: abs(t[2] - e))
 
 
 def sum_spectrum(counts) -> xr.DataArray:

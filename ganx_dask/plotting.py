@@ -1,13 +1,16 @@
 """Publication-quality figures of cubes and their analysis (matplotlib, Agg backend).
 
 Every function returns a :class:`matplotlib.figure.Figure` and, when ``path`` is given, saves it
-(PNG at ``dpi``).  Figures are built without :mod:`matplotlib.pyplot`, so importing this module
+in the format of the path's suffix (PNG at ``dpi``; PDF and SVG are vector, with images such as
+element maps embedded at their own pixel resolution).  Figures are built without :mod:`matplotlib.pyplot`, so importing this module
 neither selects a backend nor registers figures in pyplot's global state (a notebook keeps its
 backend; a CLI run needs no display and leaks no open figures).  Inputs are xarray objects from :mod:`ganx_dask.analysis`; they are
 computed here (element maps and sum spectra are small), so call these after reducing a big cube.
 
-* :func:`element_map_grid` — one panel per element map, each with a colour bar in counts;
-* :func:`sum_spectra` — sum spectra overlaid on a log y axis with emission-line markers;
+* :func:`element_map_grid` — one panel per element map, a colour bar in counts per pixel (one per
+  panel or one shared), a scale bar, and notes such as unresolved line overlaps;
+* :func:`sum_spectra` — sum spectra overlaid on a log y axis with emission-line markers whose
+  labels are merged when coincident and staggered so that none overlap;
 * :func:`flattened_image` — the ``(pixel, energy)`` image after ``x → tanh(log(1 + x))``;
 * :func:`rgb_comparison` — original vs clustered RGB (labels → ``cluster_rgb``);
 * :func:`abundance_heatmap` — cluster × pigment ground-truth abundance.
@@ -48,8 +51,13 @@ _STYLE = {
 _LINESTYLES = (":", "--", "-.", "-", (0, (5, 1)), (0, (3, 1, 1, 1)))
 
 
+#: Output formats of :func:`save` (by the path's suffix).
+FORMATS = ("png", "pdf", "svg")
+
+
 def save(fig: Figure, path: str | os.PathLike | None, dpi: int = 150) -> Figure:
-    """Save ``fig`` to ``path`` (if given) as PNG at ``dpi``; returns ``fig``."""
+    """Save ``fig`` to ``path`` (if given) in the format of its suffix (``.png`` at ``dpi`` dots
+    per inch; ``.pdf``/``.svg`` vector); returns ``fig``."""
     if path is not None:
         with matplotlib.rc_context(_STYLE):
             fig.savefig(os.fspath(path), dpi=dpi)
@@ -62,10 +70,33 @@ def _values(a) -> np.ndarray:
     return np.asarray(a)
 
 
+def _nice_length(span: float) -> float:
+    """A round length (1, 2 or 5 × 10ⁿ) close to a fifth of ``span``."""
+    target = max(span / 5.0, 1e-12)
+    mag = 10.0 ** np.floor(np.log10(target))
+    return float(min((m * mag for m in (1, 2, 5, 10)), key=lambda v: abs(v - target)))
+
+
+def _scale_bar(ax, width_px: int, pixel_size: float | None) -> None:
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    if pixel_size:
+        length_mm = _nice_length(width_px * pixel_size)
+        size, label = length_mm / pixel_size, f"{length_mm:g} mm"
+    else:
+        size = _nice_length(width_px)
+        label = f"{size:g} px"
+    bar = AnchoredSizeBar(ax.transData, size, label, "lower right", pad=0.3, sep=2,
+                          color="white", frameon=False, size_vertical=max(1, width_px / 150),
+                          fontproperties={"size": 7})
+    ax.add_artist(bar)
+
+
 def element_map_grid(maps: xr.DataArray | Mapping[str, xr.DataArray], *, ncols: int = 4,
-                     title: str | None = None, cmap: str = "viridis", path=None,
-                     dpi: int = 150) -> Figure:
-    """Grid of element maps, one colour bar (counts) per panel.
+                     title: str | None = None, cmap: str = "viridis", scale: str = "panel",
+                     notes: Mapping[str, str] | None = None, pixel_size: float | None = None,
+                     path=None, dpi: int = 150) -> Figure:
+    """Grid of element maps with colour bars in counts per pixel and a scale bar.
 
     Parameters
     ----------
@@ -73,21 +104,42 @@ def element_map_grid(maps: xr.DataArray | Mapping[str, xr.DataArray], *, ncols: 
         E.g. :func:`ganx_dask.analysis.element_maps`.
     ncols : int
         Panels per row.
+    scale : {"panel", "shared"}
+        ``"panel"`` (default): each map on its own colour scale, from 0 to its 99.5th
+        percentile (line intensities differ by orders of magnitude, so a shared scale would
+        leave weak elements black); each panel has its own colour bar, read the panel by it.
+        ``"shared"``: one scale (0 to the 99.5th percentile of all maps) and one colour bar, to
+        compare intensities between elements.
+    notes : mapping label → str, optional
+        A second title line per panel (keys: element names such as ``"As Ka"``), e.g. an
+        unresolved overlap with another element's line.
+    pixel_size : float, optional
+        Pixel size in mm for the scale bar (else it is in pixels).
     """
+    if scale not in ("panel", "shared"):
+        raise GanxError(f"scale must be 'panel' or 'shared', got {scale!r}")
+    notes = dict(notes or {})
     if isinstance(maps, xr.DataArray):
         if "element" not in maps.dims:
             raise GanxError("element_map_grid needs a DataArray with an 'element' dimension")
-        items = [(str(e), maps.sel(element=e)) for e in maps["element"].values]
+        keys = [str(e) for e in maps["element"].values]
+        items = [(k, maps.sel(element=k)) for k in keys]
         energies = maps.coords.get("line_energy")
         if energies is not None:
-            items = [(f"{lbl} ({float(en):.2f} keV)", m)
+            items = [(f"{_pretty_line(lbl)} ({float(en):.2f} keV)", m)
                      for (lbl, m), en in zip(items, energies.values, strict=True)]
+        labels = dict(zip(keys, (lbl for lbl, _ in items), strict=True))
+        notes = {labels.get(k, k): v for k, v in notes.items()}
     else:
         items = list(maps.items())
     if not items:
         raise GanxError("no element maps to plot")
-    arrays = [(lbl, _values(m)) for lbl, m in items]
+    arrays = [(lbl, _values(m).astype(float)) for lbl, m in items]
     n = len(arrays)
+    tops = [max(float(np.percentile(a, 99.5)), float(a.max()) * 1e-3, 1e-9) if a.size else 1.0
+            for _, a in arrays]
+    shared_top = max(float(np.percentile(np.concatenate([a.ravel() for _, a in arrays]), 99.5)),
+                     1e-9)
     ncols = max(1, min(ncols, n))
     nrows = -(-n // ncols)
     h, w = arrays[0][1].shape
@@ -99,13 +151,24 @@ def element_map_grid(maps: xr.DataArray | Mapping[str, xr.DataArray], *, ncols: 
         axes = fig.subplots(nrows, ncols, squeeze=False)
         for ax in axes.flat[n:]:
             ax.axis("off")
-        for ax, (lbl, arr) in zip(axes.flat, arrays, strict=False):
-            im = ax.imshow(arr, cmap=cmap, interpolation="nearest")
-            ax.set_title(lbl)
+        im = None
+        for i, (ax, (lbl, arr)) in enumerate(zip(axes.flat, arrays, strict=False)):
+            top = tops[i] if scale == "panel" else shared_top
+            im = ax.imshow(arr, cmap=cmap, interpolation="nearest", vmin=0, vmax=top)
+            note = notes.get(lbl)
+            ax.set_title(lbl if not note else f"{lbl}\n{note}",
+                         color="black" if not note else "firebrick", fontsize=9 if not note else 8)
             ax.set_xticks([])
             ax.set_yticks([])
-            cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02)
-            cb.set_label("counts")
+            if i == 0:
+                _scale_bar(ax, arr.shape[1], pixel_size)
+            if scale == "panel":
+                cb = fig.colorbar(im, ax=ax, shrink=0.85, pad=0.02,
+                                  extend="max" if arr.max() > top else "neither")
+                cb.set_label("counts per pixel")
+        if scale == "shared" and im is not None:
+            cb = fig.colorbar(im, ax=list(axes.flat), shrink=0.6, pad=0.02, extend="max")
+            cb.set_label("counts per pixel (shared scale)")
         if title:
             fig.suptitle(title)
     return save(fig, path, dpi)
@@ -141,26 +204,70 @@ def sum_spectra(spectra: Mapping[str, xr.DataArray] | xr.DataArray, *,
             if normalise and y.sum() > 0:
                 y = y / y.sum()
             lo, hi = min(lo, e.min()), max(hi, e.max())
-            ax.plot(e, np.where(y > 0, y, np.nan), ls=_LINESTYLES[i % len(_LINESTYLES)], lw=1.0,
-                    label=str(lbl))
+            ax.plot(e, np.where(y > 0, y, np.nan), lw=1.0, label=str(lbl),
+                    ls=_LINESTYLES[i % len(_LINESTYLES)] if len(spectra) > 1 else "-")
         ax.set_yscale("log")
         ax.set_xlim(lo, hi)
         ax.set_xlabel("energy (keV)")
         ax.set_ylabel("fraction of counts per channel" if normalise else "counts per channel")
+        marks = []
         for el, ln in lines or ():
             try:
                 en = line_energy(el, ln)
             except GanxError:
                 continue
             if lo <= en <= hi:
-                ax.axvline(en, color="0.6", lw=0.6, zorder=0)
-                ax.annotate(f"{el} {ln[0]}{'α' if ln[1] == 'a' else 'β'}", (en, 1.01),
-                            xycoords=("data", "axes fraction"), rotation=90, va="bottom",
-                            ha="center", fontsize=7, color="0.3", annotation_clip=False)
+                marks.append((en, f"{el} {_pretty_line(ln).split()[-1]}"))
+        tiers = _label_lines(ax, fig, marks, lo, hi)
         ax.legend(loc="upper right", frameon=False)
         if title:
-            ax.set_title(title, pad=34 if lines else 6)
+            ax.set_title(title, pad=8 + 11 * tiers)
     return save(fig, path, dpi)
+
+
+def _pretty_line(name: str) -> str:
+    """``"Pb La"`` → ``"Pb Lα"``, ``"Ka"`` → ``"Kα"``."""
+    head, _, tail = str(name).rpartition(" ")
+    greek = {"a": "α", "b": "β"}
+    if len(tail) == 2 and tail[0] in "KLM" and tail[1] in greek:
+        tail = tail[0] + greek[tail[1]]
+    return f"{head} {tail}".strip()
+
+
+def _label_lines(ax, fig, marks: list[tuple[float, str]], lo: float, hi: float) -> int:
+    """Vertical markers at line energies with horizontal labels above the axes.
+
+    Lines closer than half a label height on screen share one marker and one label
+    ("As Kα / Pb Lα"); labels are stacked in tiers so that no two overlap.  Returns the number
+    of tiers used.
+    """
+    if not marks:
+        return 0
+    marks.sort()
+    width_pt = fig.get_figwidth() * 72 * 0.86  # the axes' share of the figure, ~
+    to_pt = width_pt / max(hi - lo, 1e-9)
+    merged: list[list] = []
+    for en, text in marks:
+        if merged and (en - merged[-1][0]) * to_pt < 4:
+            if text not in merged[-1][1]:
+                merged[-1][1].append(text)
+            continue
+        merged.append([en, [text]])
+    ends: list[float] = []  # right end (pt) of the last label of each tier
+    for en, texts in merged:
+        text = " / ".join(texts)
+        x = (en - lo) * to_pt
+        half = 0.5 * 7 * 0.55 * len(text) + 2
+        tier = next((i for i, end in enumerate(ends) if x - half > end), len(ends))
+        if tier == len(ends):
+            ends.append(x + half)
+        else:
+            ends[tier] = x + half
+        ax.axvline(en, color="0.6", lw=0.6, zorder=0)
+        ax.annotate(text, (en, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(0, 2 + 11 * tier), textcoords="offset points", va="bottom",
+                    ha="center", fontsize=7, color="0.25", annotation_clip=False)
+    return len(ends)
 
 
 def flattened_image(flat, *, transform: bool = True, title: str | None = None,
@@ -261,9 +368,11 @@ def rgb_comparison(rgb, labels, cluster_rgb, *, title: str | None = None,
 
 def abundance_heatmap(abundance: xr.DataArray, *, cluster_rgb=None, title: str | None = None,
                       path=None, dpi: int = 150) -> Figure:
-    """Heatmap of ``abundance(cluster, pigment)`` (fraction, 0–1) with values annotated.
+    """Heatmap of ``abundance(cluster, pigment)`` (fraction) with values annotated.
 
-    With ``cluster_rgb`` each cluster's row label gets a swatch of its colour.
+    The colour scale runs from 0 to the largest abundance (not to 1), so that a library of 47
+    pigments each at ≈ 0.02 is not drawn blank; the colour bar gives the scale.  With
+    ``cluster_rgb`` each cluster's row label gets a swatch of its colour.
     """
     if not isinstance(abundance, xr.DataArray) or set(abundance.dims) != {"cluster", "pigment"}:
         raise GanxError("abundance_heatmap needs a DataArray with dims (cluster, pigment)")
@@ -271,7 +380,7 @@ def abundance_heatmap(abundance: xr.DataArray, *, cluster_rgb=None, title: str |
     vals = np.asarray(ab.values, dtype=float)
     nc, npg = vals.shape
     with matplotlib.rc_context(_STYLE):
-        size = (1.0 + 0.55 * npg + 1.4, 1.2 + 0.35 * nc + 1.0)
+        size = (max(4.0, 1.0 + 0.34 * npg + 1.4), 1.6 + 0.3 * nc + 1.0)
         fig = Figure(figsize=size, layout="constrained")
         if cluster_rgb is not None:
             sax, ax = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [0.5, npg]})
@@ -283,14 +392,18 @@ def abundance_heatmap(abundance: xr.DataArray, *, cluster_rgb=None, title: str |
         else:
             ax = fig.subplots()
             ax.set_yticks(range(nc), [f"cluster {c}" for c in ab["cluster"].values])
-        im = ax.imshow(vals, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-        ax.set_xticks(range(npg), [str(p) for p in ab["pigment"].values], rotation=45, ha="right")
+        top = float(np.nanmax(vals)) if vals.size and np.nanmax(vals) > 0 else 1.0
+        im = ax.imshow(vals, cmap="Blues", vmin=0, vmax=top, aspect="auto")
+        ax.set_xticks(range(npg), [str(p) for p in ab["pigment"].values], rotation=60,
+                      ha="right", rotation_mode="anchor")
+        fmt = "{:.2f}" if top >= 0.1 else "{:.3f}"
         if nc * npg <= 400:
             for i in range(nc):
                 for j in range(npg):
-                    if vals[i, j] >= 0.005:
-                        ax.text(j, i, f"{vals[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                                color="white" if vals[i, j] > 0.6 else "black")
+                    if vals[i, j] >= 0.005 * top:
+                        ax.text(j, i, fmt.format(vals[i, j]).lstrip("0"), ha="center",
+                                va="center", fontsize=5.5 if top < 0.1 else 6,
+                                color="white" if vals[i, j] > 0.6 * top else "black")
         cb = fig.colorbar(im, ax=ax, pad=0.02)
         cb.set_label("pigment abundance (fraction)")
         ax.set_xlabel("pigment")

@@ -56,6 +56,14 @@ def register(subparsers) -> None:
                         "the cube's pigments, else the paper's K,Ca,Fe,Zn,Cu,Au,Hg,Pb)")
     p.add_argument("--width", type=float, default=None, metavar="KEV",
                    help="element-map window width, keV (default ±1 detector FWHM at the line)")
+    p.add_argument("--format", default="png", metavar="FMT[,FMT]",
+                   help="figure formats, comma-separated: png, pdf, svg (PDF/SVG are vector; "
+                        "default: %(default)s)")
+    p.add_argument("--dpi", type=int, default=150,
+                   help="resolution of PNG figures, dots per inch (default: %(default)s)")
+    p.add_argument("--map-scale", choices=("panel", "shared"), default="panel",
+                   help="element-map colour scale: one per panel (default; intensities differ "
+                        "by orders of magnitude) or one shared by all maps")
     p.add_argument("--overwrite", action="store_true", help="replace an existing REPORT_DIR")
     _reader_args(p)
     _common_scheduler_args(p)
@@ -182,10 +190,48 @@ def _fmt_attr(v) -> str:
     return f"`{v}`"
 
 
-def inspect_store(ds, outdir: Path, *, elements=None, width=None):
+def _formats(spec: str | None) -> list[str]:
+    from ..plotting import FORMATS
+
+    fmts = [f.strip().lower().lstrip(".") for f in (spec or "png").split(",") if f.strip()]
+    bad = [f for f in fmts if f not in FORMATS]
+    if bad or not fmts:
+        raise GanxError(f"--format: unknown figure format {', '.join(bad) or spec!r}; choose "
+                        f"from {', '.join(FORMATS)}")
+    return list(dict.fromkeys(fmts))
+
+
+def line_table(spec, specs, energy, *, width=None, instrument=None) -> list[dict]:
+    """Per requested (element, line): :func:`~ganx_dask.analysis.line_peak` plus ``present``
+    and ``overlaps`` (lines of the other *present* elements within the detector FWHM)."""
+    from ..analysis import line_overlaps, line_peak, line_present
+
+    rows = []
+    for el, ln in specs:
+        try:
+            row = line_peak(spec, el, ln, width=width, instrument=instrument)
+        except GanxError:  # line outside the axis
+            continue
+        row["present"] = line_present(row)
+        rows.append(row)
+    present = {r["element"] for r in rows if r["present"]}
+    for r in rows:
+        r["overlaps"] = line_overlaps(r["element"], r["line"], energy, elements=present,
+                                      instrument=instrument)
+    return rows
+
+
+def inspect_store(ds, outdir: Path, *, elements=None, width=None, formats=("png",),
+                  dpi: int = 150, map_scale: str = "panel"):
     """Draw the inspection figures of ``ds`` into ``outdir``.
 
-    Returns ``(png file names, element maps, sum spectrum)`` (the last two computed).
+    Element maps: with ``elements=None`` those of the cube's pigments whose line stands above
+    noise in the sum spectrum (:func:`~ganx_dask.analysis.line_present`); with ``elements``
+    exactly those.  A map whose line is not resolved from a line of another present element
+    is titled with the overlap.
+
+    Returns ``(figure file names, element maps, sum spectrum, line table)`` (maps and spectrum
+    computed; the line table as from :func:`line_table`).
     """
     import dask
 
@@ -199,34 +245,48 @@ def inspect_store(ds, outdir: Path, *, elements=None, width=None):
     else:
         specs = [parse_element(s.strip(), energy) for s in elements.split(",") if s.strip()]
         skip = False
-    files = []
-    maps = element_maps(ds, specs, width=width, skip_missing=skip)
+    instrument = ds.xrf._instrument(None)
+    maps = element_maps(ds, specs, width=width, skip_missing=skip, instrument=instrument)
     spec = sum_spectrum(ds)
     maps, spec = dask.compute(maps, spec)  # one pass over the cube for both
-    plotting.element_map_grid(maps, title="element maps", path=outdir / "element_maps.png")
-    files.append("element_maps.png")
-    plotting.sum_spectra({"sum spectrum": spec}, lines=specs, normalise=False,
-                         path=outdir / "sum_spectrum.png")
-    files.append("sum_spectrum.png")
-    plotting.flattened_image(flatten(ds), title="flattened cube (pixel × energy)",
-                             path=outdir / "flattened.png")
-    files.append("flattened.png")
+    table = line_table(spec, specs, energy, width=width, instrument=instrument)
+    shown = [f"{r['element']} {r['line']}" for r in table if r["present"] or elements]
+    notes = {}
+    for r in table:
+        if r["overlaps"]:
+            notes[f"{r['element']} {r['line']}"] = "⚠ unresolved from " + ", ".join(
+                plotting._pretty_line(f"{el} {ln}") for el, ln, _ in r["overlaps"][:2])
+    px = ds["x"].attrs.get("pixel_size") if "x" in ds.coords else None
+    files: list[str] = []
+
+    def out(fig, stem):
+        for f in formats:
+            plotting.save(fig, outdir / f"{stem}.{f}", dpi)
+            files.append(f"{stem}.{f}")
+
+    if shown:
+        out(plotting.element_map_grid(maps.sel(element=shown), ncols=5, scale=map_scale,
+                                      notes=notes, pixel_size=px,
+                                      title="element maps (lines above noise)" if elements is None
+                                      else "element maps"), "element_maps")
+    lines = [(r["element"], r["line"]) for r in table if r["present"] or elements]
+    out(plotting.sum_spectra({"sum spectrum": spec}, lines=lines, normalise=False),
+        "sum_spectrum")
+    out(plotting.flattened_image(flatten(ds), title="flattened cube (pixel × energy)"),
+        "flattened")
     if all(v in ds for v in ("rgb", "labels", "cluster_rgb")):
         clustering = ds.xrf.meta.get("clustering")
         k = clustering.get("k") if isinstance(clustering, dict) else None
-        plotting.rgb_comparison(ds["rgb"], ds["labels"], ds["cluster_rgb"], k=k,
-                                path=outdir / "rgb.png")
-        files.append("rgb.png")
+        out(plotting.rgb_comparison(ds["rgb"], ds["labels"], ds["cluster_rgb"], k=k), "rgb")
     if "abundance" in ds:
-        plotting.abundance_heatmap(ds["abundance"],
-                                   cluster_rgb=ds["cluster_rgb"] if "cluster_rgb" in ds else None,
-                                   title="ground-truth pigment abundance",
-                                   path=outdir / "abundance.png")
-        files.append("abundance.png")
-    return files, maps, spec
+        out(plotting.abundance_heatmap(
+            ds["abundance"], cluster_rgb=ds["cluster_rgb"] if "cluster_rgb" in ds else None,
+            title="ground-truth pigment abundance"), "abundance")
+    return files, maps, spec, table
 
 
-def write_inspect_report(ds, source: str, outdir: Path, files, maps, spec) -> Path:
+def write_inspect_report(ds, source: str, outdir: Path, files, maps, spec,
+                         table=None) -> Path:
     """``report.md``: what was inspected, with which parameters, and the figures."""
     import numpy as np
 
@@ -253,19 +313,34 @@ def write_inspect_report(ds, source: str, outdir: Path, files, maps, spec) -> Pa
         "",
         "## Element maps",
         "",
-        "Window: ±1 detector FWHM around the xraylib line energy unless `--width` was given.",
+        "Window: ±1 detector FWHM around the xraylib line energy unless `--width` was given. "
+        "Net counts: window minus a baseline from side bands of the same width; *z* = net / σ "
+        "(Poisson). A line is above noise when z ≥ 5 and net ≥ 10 % of the window; only those "
+        "are drawn unless `--elements` was given. *Overlaps*: lines of other present elements "
+        "closer than the detector FWHM — that map also shows them.",
         "",
-        "| map | line energy (keV) | counts | fraction of all counts |",
-        "|---|---|---|---|",
+        "| map | line energy (keV) | counts | fraction of all counts | net | z | above noise "
+        "| overlaps |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     tot_maps = np.asarray(maps.sum(("y", "x")).values, dtype=float)
+    rows = {f"{r['element']} {r['line']}": r for r in table or []}
     for name, en, t in zip(maps["element"].values, maps["line_energy"].values, tot_maps,
                            strict=True):
-        lines.append(f"| {name} | {en:.3f} | {t:.0f} | {t / total if total else 0:.4f} |")
+        r = rows.get(str(name))
+        extra = ("| | | | " if r is None else
+                 f"| {r['net']:.0f} | {r['z']:.1f} | {'yes' if r['present'] else 'no'} | "
+                 + ", ".join(f"{el} {ln} ({e:.3f} keV)" for el, ln, e in r["overlaps"]) + " ")
+        lines.append(f"| {name} | {en:.3f} | {t:.0f} | {t / total if total else 0:.4f} "
+                     + extra + "|")
     if maps.attrs.get("skipped"):
         lines += ["", f"Skipped (line outside the energy axis): {', '.join(maps.attrs['skipped'])}"]
     lines += ["", "## Figures", ""]
-    lines += [f"![{f}]({f})" for f in files]
+    shown = [f for f in files if f.endswith(".png")] or [f for f in files if f.endswith(".svg")]
+    lines += [f"![{f}]({f})" for f in shown]
+    other = [f for f in files if f not in shown]
+    if other:
+        lines += ["", "Also: " + ", ".join(f"[{f}]({f})" for f in other)]
     lines += ["", "## Parameters and provenance", "", "| attribute | value |", "|---|---|"]
     for k, v in ds.xrf.meta.items():
         lines.append(f"| {k} | {_fmt_attr(v)} |")
@@ -285,11 +360,16 @@ def _run_inspect(args) -> int:
     from ..scheduling import scheduler_context
 
     output = Path(args.output)
+    fmts = _formats(args.format)
+    if not 10 <= args.dpi <= 2400:
+        raise GanxError(f"--dpi must be between 10 and 2400, got {args.dpi}")
     # output problems surface before any work; the directory appears only when complete
     with staged_output(output, args.overwrite) as tmp, scheduler_context(args.scheduler):
         ds = _open(args.store, args.dataset, args.calibration, args.mca_shape)
-        files, maps, spec = inspect_store(ds, tmp, elements=args.elements, width=args.width)
-        write_inspect_report(ds, args.store, tmp, files, maps, spec)
+        files, maps, spec, table = inspect_store(ds, tmp, elements=args.elements,
+                                                 width=args.width, formats=fmts, dpi=args.dpi,
+                                                 map_scale=args.map_scale)
+        write_inspect_report(ds, args.store, tmp, files, maps, spec, table)
     print(f"wrote {output}/report.md and {len(files)} figures: {', '.join(files)}")
     return 0
 
