@@ -58,6 +58,29 @@ def test_inspect_writes_report_and_pngs(tmp_path, stores, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_inspect_vector_formats_dpi_and_overlaps(tmp_path, stores):
+    out = tmp_path / "vec"
+    assert main(["inspect", str(stores[0.2]), "-o", str(out), "--format", "svg,pdf,png",
+                 "--dpi", "300", "--elements", "S:Ka,Pb:La,Cu:Ka", "--map-scale", "shared"]) == 0
+    for stem in ("element_maps", "sum_spectrum", "flattened", "rgb", "abundance"):
+        assert (out / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-"
+        assert b"<svg" in (out / f"{stem}.svg").read_bytes()[:2000]
+    w300, _ = _png_size(out / "sum_spectrum.png")
+    low = tmp_path / "low"
+    assert main(["inspect", str(stores[0.2]), "-o", str(low), "--dpi", "75",
+                 "--elements", "Cu:Ka"]) == 0
+    w75, _ = _png_size(low / "sum_spectrum.png")
+    assert 3.6 < w300 / w75 < 4.4  # same figure, 4× the dots per inch
+    report = (out / "report.md").read_text()
+    s_row = next(line for line in report.splitlines() if line.startswith("| S Ka |"))
+    assert "Pb Ma" in s_row  # S Kα is not resolved from Pb Mα (both elements present)
+    assert "![element_maps.png](element_maps.png)" in report and "element_maps.svg" in report
+    with pytest.raises(SystemExit):
+        main(["inspect", str(stores[0.2]), "-o", str(tmp_path / "x"), "--map-scale", "log"])
+    assert main(["inspect", str(stores[0.2]), "-o", str(tmp_path / "y"), "--format", "jpg"]) == 1
+    assert not (tmp_path / "y").exists()
+
+
 def test_inspect_refuses_existing_dir_and_bad_element(tmp_path, stores, capsys):
     out = tmp_path / "report"
     out.mkdir()
