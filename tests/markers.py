@@ -5,15 +5,16 @@ import importlib
 import pytest
 
 
-def _importorskip(modname: str):
+def _importorskip(modname: str, extra: str):
     try:
         importlib.import_module(modname)
         has = True
     except ImportError:
         has = False
-    return has, pytest.mark.skipif(not has, reason=f"requires {modname}")
+    return has, pytest.mark.skipif(
+        not has, reason=f"requires {modname} (pip install 'ganx-dask[{extra}]')")
 
 
-has_numba, requires_numba = _importorskip("numba")
-has_jobqueue, requires_jobqueue = _importorskip("dask_jobqueue")
-has_kubernetes, requires_kubernetes = _importorskip("dask_kubernetes")
+has_numba, requires_numba = _importorskip("numba", "fast")
+has_jobqueue, requires_jobqueue = _importorskip("dask_jobqueue", "jobqueue")
+has_kubernetes, requires_kubernetes = _importorskip("dask_kubernetes", "kubernetes")

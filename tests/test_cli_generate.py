@@ -227,8 +227,8 @@ def test_matching_default_is_closest_and_paper_is_one_flag_away(tmp_path):
     assert n_default.min() >= 1 and n_default.max() <= 3
     assert (paper.abundance.values > 0).sum(axis=1).min() >= 40
     assert ((nearest.abundance.values > 0).sum(axis=1) == 1).all()
-    assert default.attrs["parameters"]["mode"] == "closest"
-    assert paper.attrs["parameters"]["mode"] == "threshold"  # "paper" is recorded canonically
+    assert default.xrf.meta["parameters"]["mode"] == "closest"
+    assert paper.xrf.meta["parameters"]["mode"] == "threshold"  # "paper" is recorded canonically
     # the same clusters (clustering does not depend on matching), different abundances
     np.testing.assert_array_equal(default.cluster_rgb.values, paper.cluster_rgb.values)
     assert default.abundance.attrs["lightness_factor"] == 2.0
