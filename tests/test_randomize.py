@@ -13,6 +13,7 @@ import zarr
 from PIL import Image
 from scipy import stats
 
+from ganx_dask.attrs import decode
 from ganx_dask.cli import main
 from ganx_dask.errors import ConfigError
 from ganx_dask.pigments.library import PAPER_PIGMENTS
@@ -196,7 +197,7 @@ def test_randomised_batch_records_each_draw(tmp_path, capsys):
     for rec in read_manifest(out):
         d = draw(dists, 5, rec["name"])
         assert rec["randomized"] == d and rec["status"] == "complete"
-        a = zarr.open_group(str(out), mode="r")[rec["name"]].attrs
+        a = decode(zarr.open_group(str(out), mode="r")[rec["name"]].attrs)
         assert a["randomized"] == d
         assert a["parameters"]["counts"] == d["counts"]
         assert a["parameters"]["threshold"] == d["threshold"]
