@@ -44,7 +44,8 @@ def lib_img():
 @pytest.fixture(scope="module")
 def ds(lib_img):
     lib, img = lib_img
-    with dask.config.set(scheduler="synchronous"):
+    with dask.config.set(scheduler="synchronous"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*alpha channel")
         return generate(img, lib, seed=3, pixel_size=0.25, **KW).load()
 
 
@@ -101,6 +102,11 @@ def test_to_netcdf_round_trips(ds, tmp_path):
     assert back.xrf.meta["clustering"] == ds.xrf.meta["clustering"]
     assert back["labels"].attrs["flag_meanings"] == ds["labels"].attrs["flag_meanings"]
     assert cf_problems(back) == []
+    from ganx_dask.readers import open_any  # the .nc reader takes it back as a cube
+
+    cube = open_any(p)
+    np.testing.assert_array_equal(cube["counts"].values, ds["counts"].values)
+    assert cube.xrf.meta["parameters"] == ds.xrf.meta["parameters"]
 
 
 def test_store_is_clean_for_plain_xarray_and_netcdf(ds, tmp_path):
