@@ -243,8 +243,11 @@ def _label_lines(ax, fig, marks: list[tuple[float, str]], lo: float, hi: float) 
     """
     if not marks:
         return 0
+    from matplotlib.textpath import TextPath
+
     marks.sort()
-    width_pt = fig.get_figwidth() * 72 * 0.86  # the axes' share of the figure, ~
+    fig.draw_without_rendering()  # settle the layout: the axes' real width
+    width_pt = ax.get_window_extent().width * 72.0 / fig.dpi
     to_pt = width_pt / max(hi - lo, 1e-9)
     merged: list[list] = []
     for en, text in marks:
@@ -257,7 +260,7 @@ def _label_lines(ax, fig, marks: list[tuple[float, str]], lo: float, hi: float) 
     for en, texts in merged:
         text = " / ".join(texts)
         x = (en - lo) * to_pt
-        half = 0.5 * 7 * 0.55 * len(text) + 2
+        half = 0.5 * TextPath((0, 0), text, size=7).get_extents().width + 3  # pt, with a gap
         tier = next((i for i, end in enumerate(ends) if x - half > end), len(ends))
         if tier == len(ends):
             ends.append(x + half)
