@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 DEFAULT_LIBRARY_NAME = "ganx-dask-default"
-DEFAULT_LIBRARY_VERSION = "2026.11.1"
+DEFAULT_LIBRARY_VERSION = "2026.12.1"
 
 #: The nine pigments of the ganX paper, in the paper's order.
 PAPER_PIGMENTS: tuple[str, ...] = (
@@ -229,8 +229,11 @@ def build_default_library(instrument=None) -> PigmentLibrary:
 
     inst = instrument if instrument is not None else Instrument.preset("lab-rh")
     prov = {
-        "model": "ganx_dask.pigments.physics: primary FP (K, L, M lines, cascade), Rayleigh + "
-                 "Compton scatter, simplified Ebel tube, detector efficiency, Si escape",
+        "model": "ganx_dask.pigments.physics: primary FP (K, L, M lines, cascade)"
+                 + (" + secondary fluorescence within layers" if inst.secondary_fluorescence
+                    else "")
+                 + ", Rayleigh + Compton scatter, simplified Ebel tube, detector efficiency, "
+                   "Si escape",
         "xraylib_version": getattr(xraylib, "__version__", "unknown"),
         "instrument": inst.name,
     }
