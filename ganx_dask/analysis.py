@@ -9,6 +9,8 @@ available as an xarray accessor on datasets and on counts DataArrays::
     pb = ds.xrf.element_map("Pb", line="La")        # (y, x) counts in ±1 FWHM around Pb Lα
     spec = ds.xrf.sum_spectrum()                     # (energy,) counts
     ds.xrf.to_ganx_hdf5("demo.h5")                   # ganX/LABEC layout: dataset "img" (H, W, E)
+    ds.xrf.to_pymca_hdf5("demo-pymca.h5")            # PyMca's MCA-stack layout (ganx_dask.export)
+    s = ds.xrf.to_hyperspy()                         # exspy EDSSEMSpectrum (needs [hyperspy])
 
 Line energies come from xraylib (composite, rate-weighted ``KA_LINE``, ``KB_LINE``, ``LA_LINE``,
 ``LB_LINE`` and ``MA1_LINE``).  The default window is ±1 FWHM of the detector response at the line
@@ -29,7 +31,7 @@ import xarray as xr
 
 from .energy import EnergyAxis, as_energy_axis, axis_edges
 from .energy import rebin as rebin_histogram
-from .errors import EnergyAxisError, GanxError, StoreExistsError
+from .errors import EnergyAxisError, GanxError
 
 __all__ = [
     "LINES",
@@ -538,73 +540,11 @@ def flatten(counts, *, target_chunk_bytes: int = 64 * 2**20) -> xr.DataArray:
     return out
 
 
-def to_ganx_hdf5(counts, path: str | os.PathLike, *, dataset: str = "img",
-                 overwrite: bool = False, batch: int | None = None) -> Path:
-    """Write the cube in the ganX/LABEC HDF5 layout: dataset ``img`` of shape ``(H, W, E)``.
+def to_ganx_hdf5(counts, path: str | os.PathLike, **kw) -> Path:
+    """Write the ganX/LABEC HDF5 layout; see :func:`ganx_dask.export.to_ganx_hdf5`."""
+    from .export import to_ganx_hdf5 as _to_ganx_hdf5
 
-    Blocks are computed a few at a time and written into the dataset, so the cube is never held
-    in memory.  The file is written under a temporary name and renamed at the end: on error no
-    partial file is left and an existing file is untouched.  The energy calibration is stored as
-    attributes of ``img`` (``calibration_offset_keV``, ``calibration_gain_keV_per_channel``:
-    channel ``i`` is centred at ``offset + gain·i`` keV) plus ``energy_keV`` (bin centres).
-
-    Parameters
-    ----------
-    counts : xarray.DataArray or Dataset
-        ``counts(y, x, energy)``.
-    path : path-like
-        Output ``.h5`` file.
-    dataset : str
-        Dataset name (``"img"`` for ganX).
-    overwrite : bool
-        Replace an existing file.
-    batch : int, optional
-        Blocks computed concurrently (default: 2 × CPU count).
-
-    Raises
-    ------
-    StoreExistsError
-        ``path`` exists and ``overwrite`` is false.
-    """
-    import h5py
-
-    from ._staging import atomic_file
-
-    c = _counts(counts).transpose("y", "x", "energy")
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise StoreExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
-    if not path.parent.exists():
-        raise GanxError(f"output directory {path.parent} does not exist")
-    data = c.data if isinstance(c.data, da.Array) else da.from_array(
-        np.asarray(c.data), chunks=(64, 64, -1))
-    batch = batch or 2 * (os.cpu_count() or 1)
-    energy = np.asarray(c["energy"].values, dtype=float)
-
-    def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as f:
-            chunks = tuple(min(max(ch), 64) if i < 2 else max(ch)
-                           for i, ch in enumerate(data.chunks))
-            dset = f.create_dataset(dataset, shape=data.shape, dtype=data.dtype, chunks=chunks,
-                                    compression="gzip", compression_opts=1, shuffle=True)
-            dset.attrs["energy_keV"] = energy
-            if energy.size > 1:
-                gain = float((energy[-1] - energy[0]) / (energy.size - 1))
-                dset.attrs["calibration_gain_keV_per_channel"] = gain
-            dset.attrs["calibration_offset_keV"] = float(energy[0])
-            dset.attrs["dims"] = "y,x,energy"
-            offs = [np.cumsum((0,) + ch) for ch in data.chunks]
-            idx = list(np.ndindex(*data.numblocks))
-            for k in range(0, len(idx), batch):
-                part = idx[k: k + batch]
-                blocks = dask.compute(*[data.blocks[i] for i in part])
-                for i, b in zip(part, blocks, strict=True):
-                    sl = tuple(slice(int(offs[d][i[d]]), int(offs[d][i[d] + 1])) for d in range(3))
-                    dset[sl] = b
-
-    # temporary file renamed into place; it gets the umask's permissions (not mkstemp's 0600)
-    atomic_file(path, overwrite=overwrite, write=write)
-    return path
+    return _to_ganx_hdf5(counts, path, **kw)
 
 
 def abundance_map(ds: xr.Dataset, pigment: str | Sequence[str] | None = None) -> xr.DataArray:
@@ -680,8 +620,20 @@ class _Base:
         return flatten(self._obj, **kw)
 
     def to_ganx_hdf5(self, path, **kw) -> Path:
-        """See :func:`ganx_dask.analysis.to_ganx_hdf5`."""
+        """See :func:`ganx_dask.export.to_ganx_hdf5`."""
         return to_ganx_hdf5(self._obj, path, **kw)
+
+    def to_pymca_hdf5(self, path, **kw) -> Path:
+        """See :func:`ganx_dask.export.to_pymca_hdf5`."""
+        from .export import to_pymca_hdf5
+
+        return to_pymca_hdf5(self._obj, path, **kw)
+
+    def to_hyperspy(self, **kw):
+        """See :func:`ganx_dask.export.to_hyperspy`."""
+        from .export import to_hyperspy
+
+        return to_hyperspy(self._obj, **kw)
 
 
 @xr.register_dataset_accessor("xrf")

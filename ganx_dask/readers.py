@@ -139,22 +139,117 @@ def _dataset(arr, coord: xr.DataArray, source: str, reader: str, **attrs) -> xr.
     return ds
 
 
-def open_hdf5(path, dataset: str = "img", *, axes: str = "yxe", energy=None,
+def _resolve(f, name: str) -> str:
+    """The real path of ``name`` in an open h5py file, following soft links."""
+    import h5py
+
+    parts, cur = [p for p in name.strip("/").split("/") if p], ""
+    for p in parts:
+        link = f[cur or "/"].get(p, getlink=True)
+        cur = link.path if isinstance(link, h5py.SoftLink) else f"{cur}/{p}"
+        cur = cur if cur.startswith("/") else "/" + cur
+    return cur or "/"
+
+
+def _nexus_cube(f) -> str | None:
+    """The 3-D data set of a NeXus/PyMca file: the ``data`` of the first ``NXdetector`` holding a
+    3-D one (PyMca's ``McaStackExport``), else the ``signal`` of the default ``NXdata``."""
+    import h5py
+
+    found: list[str] = []
+
+    def visit(name, obj):
+        if (isinstance(obj, h5py.Group) and _nx_class(obj) == "NXdetector" and "data" in obj
+                and isinstance(obj["data"], h5py.Dataset) and obj["data"].ndim == 3):
+            found.append(f"{name}/data")
+
+    f.visititems(visit)
+    if found:
+        return sorted(found)[0]
+    entry = f.attrs.get("default")
+    entry = entry.decode() if isinstance(entry, bytes) else entry
+    if entry and entry in f:
+        nxdata = f[entry].attrs.get("default")
+        nxdata = nxdata.decode() if isinstance(nxdata, bytes) else nxdata
+        if nxdata and nxdata in f[entry]:
+            sig = f[entry][nxdata].attrs.get("signal")
+            sig = sig.decode() if isinstance(sig, bytes) else sig
+            if sig and sig in f[entry][nxdata] and getattr(f[entry][nxdata][sig], "ndim", 0) == 3:
+                return f"{entry}/{nxdata}/{sig}"
+    return None
+
+
+def _nx_class(obj) -> str:
+    v = obj.attrs.get("NX_class", "")
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _mca_siblings(f, name: str) -> dict:
+    """PyMca's per-detector metadata beside a data set (``calibration`` [a, b, c],
+    ``channels``, ``live_time``), found like PyMca's ``NexusTools.getMcaObjectPaths``: in the
+    data set's group, else its ``info`` sub-group, else the enclosing ``NXdetector``."""
+    import h5py
+
+    real = _resolve(f, name)
+    parent = real.rsplit("/", 1)[0] or "/"
+    groups = [f[parent]]
+    if "info" in f[parent] and isinstance(f[parent]["info"], h5py.Group):
+        groups.append(f[parent]["info"])
+    up = parent.rsplit("/", 1)[0] or "/"
+    if up != parent and _nx_class(f[up]) == "NXdetector":
+        groups.append(f[up])
+    out: dict = {}
+    for g in groups:
+        for key in ("calibration", "channels", "live_time"):
+            if key not in out and key in g and isinstance(g[key], h5py.Dataset) \
+                    and g[key].name != real:
+                out[key] = np.asarray(g[key][()], dtype=float)
+    return out
+
+
+def _calibrated_energy(sib: dict, n: int, where: str) -> np.ndarray | None:
+    """Channel centres (keV) from PyMca's ``calibration`` ``E = a + b·ch + c·ch²`` over its
+    ``channels`` (default ``0 … n−1``); ``None`` without a calibration."""
+    if "calibration" not in sib:
+        return None
+    cal = np.ravel(sib["calibration"])
+    if cal.size < 2:
+        raise EnergyAxisError(f"{where}: calibration must be [a, b(, c)], got {cal.tolist()}")
+    a, b, c = (float(v) for v in (*cal[:3], 0.0)[:3])
+    ch = np.ravel(sib.get("channels", np.arange(n)))
+    if ch.size != n:
+        raise EnergyAxisError(f"{where}: 'channels' has {ch.size} entries, the data have {n}")
+    energy = a + b * ch + c * ch**2
+    if not np.all(np.diff(energy) > 0):
+        raise EnergyAxisError(f"{where}: calibration {cal.tolist()} does not give increasing "
+                              "energies (PyMca's default [0, 1, 0] means uncalibrated channels)")
+    return energy
+
+
+def open_hdf5(path, dataset: str | None = None, *, axes: str = "yxe", energy=None,
               gain: float | None = None, offset: float | None = None,
               chunks=(64, 64, -1)) -> xr.Dataset:
     """Open a cube stored in HDF5 lazily (h5py + dask; use a local scheduler).
+
+    Reads the ganX/LABEC layout (``img`` with calibration attributes or an ``energy`` data set,
+    :func:`ganx_dask.export.to_ganx_hdf5`) and PyMca/NeXus MCA stacks (``…/detector_00/data``
+    with sibling ``calibration`` ``[a, b, c]`` keV, ``channels`` and ``live_time``,
+    :func:`ganx_dask.export.to_pymca_hdf5` or PyMca's own export).  A ``live_time`` with one
+    value per pixel becomes the ``live_time(y, x)`` variable (s).
 
     Parameters
     ----------
     path : path-like
         HDF5 file.
-    dataset : str
-        Path of the 3-D dataset inside the file (ganX/LABEC: ``"img"``).
+    dataset : str, optional
+        Path of the 3-D dataset inside the file; default ``img`` if present, else the data of
+        the first ``NXdetector`` (PyMca) or the default ``NXdata`` signal (NeXus).
     axes : str
         Axis order of the stored array (``"yxe"``: (H, W, E)).
     energy, gain, offset
-        Energy calibration (see the module docstring); else read from the dataset's or file's
-        attributes, or a sibling ``energy``/``energy_keV`` dataset.
+        Energy calibration (see the module docstring); else read from the file: attributes of
+        the dataset or the file, PyMca's sibling ``calibration``, or an ``energy``/``energy_keV``
+        data set.
     chunks : tuple
         Dask chunks in the stored order's ``(y, x, energy)`` sense.
     """
@@ -167,6 +262,8 @@ def open_hdf5(path, dataset: str = "img", *, axes: str = "yxe", energy=None,
         f = h5py.File(path, "r")
     except OSError as exc:
         raise GanxError(f"{path}: not a readable HDF5 file ({exc})") from None
+    if dataset is None:
+        dataset = "img" if "img" in f else (_nexus_cube(f) or "img")
     if dataset not in f or not isinstance(f[dataset], h5py.Dataset):
         names = []
         f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
@@ -177,30 +274,39 @@ def open_hdf5(path, dataset: str = "img", *, axes: str = "yxe", energy=None,
         f.close()
         raise GanxError(f"{path}:{dataset}: expected a 3-D cube, got shape {dset.shape}")
     where = f"{path}:{dataset}"
-    if energy is None and (gain is None or offset is None):
-        g, o = _calibration_from_attrs(dset.attrs)
-        if g is None or o is None:
-            g, o = _calibration_from_attrs(f.attrs)
-        gain = gain if gain is not None else g
-        offset = offset if offset is not None else o
-        if gain is None or offset is None:
-            for k in _ENERGY_KEYS:
-                if k in dset.attrs:
-                    energy = np.asarray(dset.attrs[k], dtype=float)
-                    break
-                if k in f and isinstance(f[k], h5py.Dataset) and f[k].ndim == 1:
-                    energy = f[k][()]
-                    break
-    stored_chunks = tuple(chunks["yxe".index(c)] for c in axes.lower()) \
-        if sorted(axes.lower()) == ["e", "x", "y"] else chunks
     try:
+        sib = _mca_siblings(f, dataset)
+        n_e = dset.shape[axes.lower().index("e")] if "e" in axes.lower() else dset.shape[-1]
+        if energy is None and (gain is None or offset is None):
+            g, o = _calibration_from_attrs(dset.attrs)
+            if g is None or o is None:
+                g, o = _calibration_from_attrs(f.attrs)
+            gain = gain if gain is not None else g
+            offset = offset if offset is not None else o
+            if gain is None or offset is None:
+                energy = _calibrated_energy(sib, n_e, where)
+            if energy is None and (gain is None or offset is None):
+                for k in _ENERGY_KEYS:
+                    if k in dset.attrs:
+                        energy = np.asarray(dset.attrs[k], dtype=float)
+                        break
+                    if k in f and isinstance(f[k], h5py.Dataset) and f[k].ndim == 1:
+                        energy = f[k][()]
+                        break
+        stored_chunks = tuple(chunks["yxe".index(c)] for c in axes.lower()) \
+            if sorted(axes.lower()) == ["e", "x", "y"] else chunks
         arr = da.from_array(dset, chunks=stored_chunks, lock=True)
         arr = _reorder(arr, axes, where)
         coord = energy_coord(arr.shape[2], energy=energy, gain=gain, offset=offset, where=where)
     except BaseException:  # bad axes or calibration: do not leave the file open
         f.close()
         raise
-    return _dataset(arr, coord, str(path), "hdf5", dataset=dataset)
+    ds = _dataset(arr, coord, str(path), "hdf5", dataset=dataset)
+    lt = sib.get("live_time")
+    if lt is not None and lt.size == arr.shape[0] * arr.shape[1]:
+        ds["live_time"] = (("y", "x"), lt.reshape(arr.shape[:2]).astype(np.float32),
+                           {"units": "s", "long_name": "live time"})
+    return ds
 
 
 def _npz_ndims(z) -> dict[str, int]:

@@ -18,3 +18,8 @@ def _importorskip(modname: str, extra: str):
 has_numba, requires_numba = _importorskip("numba", "fast")
 has_jobqueue, requires_jobqueue = _importorskip("dask_jobqueue", "jobqueue")
 has_kubernetes, requires_kubernetes = _importorskip("dask_kubernetes", "kubernetes")
+has_torch, requires_torch = _importorskip("torch", "ml")
+has_xbatcher, requires_xbatcher = _importorskip("xbatcher", "ml")
+has_exspy, requires_exspy = _importorskip("exspy", "hyperspy")
+# PyMca's HDF5 stack reader (pymca5 installs without its Qt/fisx parts for reading)
+has_pymca, requires_pymca = _importorskip("PyMca5.PyMcaIO.HDF5Stack1D", "pymca")

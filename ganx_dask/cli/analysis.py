@@ -34,7 +34,7 @@ def _common_scheduler_args(p: argparse.ArgumentParser) -> None:
 
 def _reader_args(p: argparse.ArgumentParser, suffix: str = "") -> None:
     p.add_argument(f"--dataset{suffix}", default=None, metavar="NAME",
-                   help="HDF5 dataset path of the cube (default: img)")
+                   help="HDF5 dataset path of the cube (default: img, else a PyMca/NeXus detector's data)")
     p.add_argument(f"--calibration{suffix}", default=None, metavar="GAIN,OFFSET",
                    help="energy calibration of a measured cube: keV per channel and keV at "
                         "the centre of channel 0 (default: read from the file)")
@@ -138,7 +138,7 @@ def _open(path: str, dataset=None, calibration=None, mca_shape=None, opt="--cali
     kw = {"gain": gain, "offset": offset}
     suffix = p.suffix.lower()
     if suffix in (".h5", ".hdf5", ".hdf", ".nxs"):
-        kw["dataset"] = dataset or "img"
+        kw["dataset"] = dataset
     elif dataset is not None:
         raise GanxError(f"--dataset applies to HDF5 inputs only, not {path}")
     if mca_shape is not None:
