@@ -37,8 +37,8 @@ def register(subparsers) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from ..cluster import scheduler_context
     from ..export import export
+    from ..scheduling import scheduler_context
     from .analysis import _open
 
     ds = _open(args.cube, args.dataset, args.calibration, args.mca_shape)
