@@ -219,6 +219,13 @@ def test_rechunk_store_and_batch(single, batch, tmp_path):
     np.testing.assert_array_equal(a.labels.values, b.labels.values)
     with pytest.raises(StoreExistsError):
         rechunk(single, out)
+    from ganx_dask.cli import main
+    from ganx_dask.ml import chunk_advice
+
+    assert main(["rechunk", str(single), str(tmp_path / "c.zarr"), "--chunk", "32"]) == 0
+    assert zarr.open_array(f"{tmp_path}/c.zarr/counts", mode="r").chunks == (32, 32, E)
+    assert main(["rechunk", str(single), str(tmp_path / "c.zarr")]) == 1  # exists
+    assert "--chunk 64" in chunk_advice(64, 1024) and "128 MiB" in chunk_advice(64, 1024)
     src = tmp_path / "small.zarr"  # a 2-image batch dataset keeps its manifest
     root = zarr.open_group(str(src), mode="w", zarr_format=3)
     for g in ("img00", "img01"):

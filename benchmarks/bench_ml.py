@@ -1,0 +1,160 @@
+"""Benchmark the PyTorch patch loader (prints numbers; not a test).
+
+Builds a local store (one image, ``--size`` × ``--size`` px × ``--channels`` channels, ~N
+photons per pixel from a few spectra) in the default layout (256² zarr chunks) and a training
+layout (:func:`ganx_dask.ml.rechunk` to 64²), then measures 64² patches/s:
+
+* **ceiling**: the store's raw decode rate — every ``counts`` chunk read and decompressed with
+  zarr in ``--workers`` processes (disjoint chunks), as patch-equivalents (voxels / 64²·E) per s;
+* **map**: ``DataLoader(PatchDataset(..., "abundance"), shuffle=True, num_workers=W,
+  batch_size=16, persistent_workers=True)``, best epoch after the first — random access, each patch reads the chunks it touches;
+* **stream**: ``DataLoader(PatchDataset(...).stream(), num_workers=W, batch_size=16)`` — each
+  chunk read once, shuffled within a 2-chunk buffer.
+
+Loader items are float32 ``(E, 64, 64)`` tensors plus abundance targets (the conversion and the
+inter-process transfer are part of the measured cost; the ceiling is decode only).  The machine
+is shared: the load average is printed with the results.
+
+Usage::
+
+    python benchmarks/bench_ml.py [--size 512] [--channels 1024] [--workers 2] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import xarray as xr  # noqa: E402
+
+import ganx_dask  # noqa: E402
+from ganx_dask.energy import EnergyAxis  # noqa: E402
+
+PATCH = 64
+
+
+def make_store(path: Path, size: int, channels: int, photons: int, chunk: int) -> None:
+    rng = np.random.default_rng(0)
+    k = 6
+    labels = (np.add.outer(np.arange(size) // 37, np.arange(size) // 53) % k).astype(np.int16)
+    spectra = rng.dirichlet(np.full(channels, 0.05), k)
+    cdf = np.cumsum(spectra, 1)
+    counts = np.zeros(size * size * channels, np.uint32)
+    flat = labels.ravel()
+    for c in range(k):
+        pix = np.flatnonzero(flat == c)
+        ch = np.searchsorted(cdf[c], rng.random((pix.size, photons)))
+        ch = np.minimum(ch, channels - 1)
+        counts += np.bincount((pix[:, None] * channels + ch).ravel(),
+                              minlength=counts.size).astype(np.uint32)
+    ax = EnergyAxis(0.5, 38.5, channels)
+    ds = xr.Dataset(
+        {"counts": (("y", "x", "energy"), counts.astype(np.uint16).reshape(size, size, channels)),
+         "labels": (("y", "x"), labels),
+         "abundance": (("cluster", "pigment"), rng.dirichlet(np.ones(5), k))},
+        coords={"y": np.arange(size), "x": np.arange(size), "energy": ax.to_coord(),
+                "cluster": np.arange(k), "pigment": [f"p{i}" for i in range(5)]},
+        attrs={"energy_axis": str(ax)})
+    ganx_dask.to_zarr(ds, path, region=chunk)
+
+
+def _decode(args) -> int:
+    import zarr
+
+    path, blocks = args
+    a = zarr.open_array(f"{path}/counts", mode="r")
+    cy, cx = a.chunks[:2]
+    n = 0
+    for by, bx in blocks:
+        n += a[by * cy:(by + 1) * cy, bx * cx:(bx + 1) * cx, :].size
+    return n
+
+
+def ceiling(path: Path, workers: int) -> float:
+    """Patch-equivalents per second of raw chunk decoding in ``workers`` processes."""
+    import zarr
+
+    a = zarr.open_array(f"{path}/counts", mode="r")
+    ny, nx = (-(-s // c) for s, c in zip(a.shape[:2], a.chunks[:2], strict=True))
+    blocks = [(y, x) for y in range(ny) for x in range(nx)]
+    jobs = [(str(path), blocks[w::workers]) for w in range(workers)]
+    with mp.get_context("fork").Pool(workers) as pool:
+        pool.map(_decode, jobs)  # warm-up (imports, page cache)
+        t0 = time.perf_counter()
+        n = sum(pool.map(_decode, jobs))
+        dt = time.perf_counter() - t0
+    return n / (PATCH * PATCH * a.shape[2]) / dt
+
+
+def loader_rate(path: Path, workers: int, stream: bool, epochs: int = 3) -> float:
+    """Patches/s of the best epoch after the first (persistent workers: start-up excluded)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ganx_dask.ml import PatchDataset
+
+    ds = PatchDataset(path, "abundance", patch=PATCH)
+    src = ds.stream() if stream else ds
+    kw = {} if stream else {"shuffle": True, "generator": torch.Generator().manual_seed(0)}
+    best = 0.0
+    dl = DataLoader(src, batch_size=16, num_workers=workers, persistent_workers=workers > 0,
+                    **kw)
+    for e in range(epochs):
+        t0 = time.perf_counter()
+        n = 0
+        for x, _ in dl:
+            n += x.shape[0]
+        if e:
+            best = max(best, n / (time.perf_counter() - t0))
+    return best
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=512, help="image edge, pixels")
+    ap.add_argument("--channels", type=int, default=1024)
+    ap.add_argument("--photons", type=int, default=400, help="photons per pixel")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    ap.add_argument("--json", help="write the results to this JSON file")
+    args = ap.parse_args(argv)
+    from ganx_dask.ml import rechunk
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ml_"))
+    try:
+        t0 = time.perf_counter()
+        make_store(tmp / "default.zarr", args.size, args.channels, args.photons, 256)
+        rechunk(tmp / "default.zarr", tmp / "train.zarr", chunk=PATCH)
+        build = time.perf_counter() - t0
+        res = {"size": args.size, "channels": args.channels, "photons": args.photons,
+               "workers": args.workers, "patches_per_epoch": (args.size // PATCH) ** 2,
+               "build_s": round(build, 1)}
+        for layout in ("default", "train"):
+            p = tmp / f"{layout}.zarr"
+            ceil = ceiling(p, args.workers)
+            m = loader_rate(p, args.workers, stream=False)
+            s = loader_rate(p, args.workers, stream=True)
+            res[layout] = {"ceiling_patches_s": round(ceil, 1), "map_patches_s": round(m, 1),
+                           "stream_patches_s": round(s, 1),
+                           "map_vs_ceiling": round(m / ceil, 3),
+                           "stream_vs_ceiling": round(s / ceil, 3)}
+        res["loadavg"] = [round(v, 2) for v in os.getloadavg()]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(res, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()
