@@ -5,7 +5,7 @@ The one obvious entry point is :func:`generate` (image -> lazy ``xarray.Dataset`
 concept: :mod:`~ganx_dask.io`, :mod:`~ganx_dask.color`, :mod:`~ganx_dask.clustering`,
 :mod:`~ganx_dask.matching`, :mod:`~ganx_dask.sampling`, :mod:`~ganx_dask.generator`,
 :mod:`~ganx_dask.store`, :mod:`~ganx_dask.pigments`, :mod:`~ganx_dask.analysis`,
-:mod:`~ganx_dask.metrics`.
+:mod:`~ganx_dask.metrics`, :mod:`~ganx_dask.export`, :mod:`~ganx_dask.ml` (PyTorch).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 
 from . import analysis as _analysis  # noqa: F401  (registers the ``ds.xrf`` accessor)
+from . import export as _export  # noqa: F401  (adds the export methods to ``ds.xrf``)
 from ._version import __version__
 from .energy import EnergyAxis
 

@@ -9,8 +9,12 @@ available as an xarray accessor on datasets and on counts DataArrays::
     pb = ds.xrf.element_map("Pb", line="La")        # (y, x) counts in ±1 FWHM around Pb Lα
     spec = ds.xrf.sum_spectrum()                     # (energy,) counts
     ds.xrf.to_ganx_hdf5("demo.h5")                   # ganX/LABEC layout: dataset "img" (H, W, E)
-    ds.xrf.to_pymca_hdf5("demo-pymca.h5")            # PyMca's MCA-stack layout (ganx_dask.export)
+    ds.xrf.to_pymca_hdf5("demo-pymca.h5")            # PyMca's MCA-stack layout
     s = ds.xrf.to_hyperspy()                         # exspy EDSSEMSpectrum (needs [hyperspy])
+
+The export methods (``to_ganx_hdf5``, ``to_pymca_hdf5``, ``to_hyperspy``, ``export``) come from
+:mod:`ganx_dask.export`, which adds them to the accessor when imported (``import ganx_dask``
+does).
 
 Line energies come from xraylib (composite, rate-weighted ``KA_LINE``, ``KB_LINE``, ``LA_LINE``,
 ``LB_LINE`` and ``MA1_LINE``).  The default window is ±1 FWHM of the detector response at the line
@@ -20,9 +24,7 @@ F = 0.114, noise 0.08 keV: ≈ 141 eV at Mn Kα; see :func:`detector_fwhm`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
 import dask
 import dask.array as da
@@ -51,7 +53,6 @@ __all__ = [
     "rebin",
     "rebin_matrix",
     "flatten",
-    "to_ganx_hdf5",
     "abundance_map",
     "common_axis",
     "compare",
@@ -540,13 +541,6 @@ def flatten(counts, *, target_chunk_bytes: int = 64 * 2**20) -> xr.DataArray:
     return out
 
 
-def to_ganx_hdf5(counts, path: str | os.PathLike, **kw) -> Path:
-    """Write the ganX/LABEC HDF5 layout; see :func:`ganx_dask.export.to_ganx_hdf5`."""
-    from .export import to_ganx_hdf5 as _to_ganx_hdf5
-
-    return _to_ganx_hdf5(counts, path, **kw)
-
-
 def abundance_map(ds: xr.Dataset, pigment: str | Sequence[str] | None = None) -> xr.DataArray:
     """Lazy per-pixel ground-truth pigment abundance ``(y, x, pigment)`` from ``labels`` and
     ``abundance(cluster, pigment)`` (0 where ``labels == -1``)."""
@@ -618,22 +612,6 @@ class _Base:
     def flatten(self, **kw) -> xr.DataArray:
         """See :func:`ganx_dask.analysis.flatten`."""
         return flatten(self._obj, **kw)
-
-    def to_ganx_hdf5(self, path, **kw) -> Path:
-        """See :func:`ganx_dask.export.to_ganx_hdf5`."""
-        return to_ganx_hdf5(self._obj, path, **kw)
-
-    def to_pymca_hdf5(self, path, **kw) -> Path:
-        """See :func:`ganx_dask.export.to_pymca_hdf5`."""
-        from .export import to_pymca_hdf5
-
-        return to_pymca_hdf5(self._obj, path, **kw)
-
-    def to_hyperspy(self, **kw):
-        """See :func:`ganx_dask.export.to_hyperspy`."""
-        from .export import to_hyperspy
-
-        return to_hyperspy(self._obj, **kw)
 
 
 @xr.register_dataset_accessor("xrf")

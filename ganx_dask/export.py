@@ -440,3 +440,26 @@ def export(obj, path: str | os.PathLike, *, format: str | None = None,  # noqa: 
     if format == "pymca":
         return to_pymca_hdf5(obj, path, overwrite=overwrite)
     return _write_hyperspy(obj, path, format, overwrite)
+
+
+# --------------------------------------------------------------------------- accessor methods
+def _add_accessor_methods() -> None:
+    """``ds.xrf.to_ganx_hdf5/to_pymca_hdf5/to_hyperspy/export`` (and on counts DataArrays).
+
+    The accessor classes live in :mod:`ganx_dask.analysis`, which this module builds on, so the
+    methods are attached here (``import ganx_dask`` imports this module)."""
+    from .analysis import _Base
+
+    def method(fn):
+        def call(self, *args, **kw):
+            return fn(self._obj, *args, **kw)
+
+        call.__name__ = fn.__name__
+        call.__doc__ = f"See :func:`ganx_dask.export.{fn.__name__}`."
+        return call
+
+    for fn in (to_ganx_hdf5, to_pymca_hdf5, to_hyperspy, export):
+        setattr(_Base, fn.__name__, method(fn))
+
+
+_add_accessor_methods()
