@@ -4,7 +4,8 @@
 * render the whole library onto 2048 channels over 0.5-38.5 keV (first call builds the cached
   continuum response matrix; later calls reuse it) — target < 1 s;
 * compute the whole library for a non-default instrument with xraylib (the ``"portable-ag"``
-  preset and a custom W-anode instrument), then render it.
+  preset and a custom W-anode instrument), then render it;
+* the cost of secondary fluorescence per pigment (on vs off, ``"portable-ag"``).
 
 Usage::
 
@@ -14,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 
@@ -54,6 +56,29 @@ def main(argv=None) -> None:
         print(f"instrument {inst.name!r}: tube {t_tube * 1e3:.1f} ms; compute all "
               f"{t_comp:.3f} s ({1e3 * t_comp / len(lib):.1f} ms per pigment); "
               f"spectra (cached components) {t_rend:.3f} s first, {t_again:.3f} s again")
+
+    # secondary fluorescence: cost per pigment, on vs off (best of --repeat, fresh caches)
+    inst_on = ph.Instrument.preset("portable-ag")
+    inst_off = inst_on.replace(secondary_fluorescence=False)
+    per = {}
+    for p in lib:
+        best = []
+        for inst in (inst_off, inst_on):
+            ts = []
+            for _ in range(max(1, args.repeat // 2)):
+                ph._COMPONENT_CACHE.clear()
+                ts.append(_t(ph.compute_components, p, inst)[1])
+            best.append(min(ts))
+        per[p.name] = best
+    off = sum(v[0] for v in per.values())
+    on = sum(v[1] for v in per.values())
+    print(f"secondary fluorescence ('portable-ag', 47 pigments): primary only {off:.2f} s, "
+          f"with SF {on:.2f} s (x{on / off:.2f}; median per pigment "
+          f"{1e3 * sorted(v[0] for v in per.values())[len(per) // 2]:.0f} -> "
+          f"{1e3 * sorted(v[1] for v in per.values())[len(per) // 2]:.0f} ms)")
+    for name, (a, b) in sorted(per.items(), key=lambda kv: -kv[1][1])[:5]:
+        print(f"  slowest with SF: {name}: {1e3 * a:.0f} -> {1e3 * b:.0f} ms")
+    print(f"load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":
