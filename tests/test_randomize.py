@@ -215,3 +215,25 @@ def test_randomised_batch_records_each_draw(tmp_path, capsys):
                                    "randomize": {"threshold": {"uniform": [0.3, 0.4]}}}))
     with pytest.raises(ConfigError, match="randomize"):
         run_batch(files, out, cfg)
+
+
+def _doc_block(marker: str | None, lang: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "distributed.md").read_text()
+    start = text.index(marker) if marker else text.index("## Domain randomisation")
+    start = text.index(f"```{lang}\n", start) + len(lang) + 4
+    return text[start:text.index("```", start)]
+
+
+def test_documented_examples_run(tmp_path, capsys):
+    cfg = yaml.safe_load(_doc_block("<!-- randomize-example -->", "yaml"))
+    files = _images(tmp_path / "images", 2)
+    path = tmp_path / "batch.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["batch", "--config", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: 2 image(s), nothing written" in out and "instrument.kv" in out
+    assert not (tmp_path / "dataset.zarr").exists()
+    report = run_batch(None, None, path, dry_run=True)
+    assert {p["name"] for p in report.planned} == {f.stem for f in files}
+    exec(compile(_doc_block("From Python", "python"), "distributed.md", "exec"), {})
+    assert "instrument.kv" in capsys.readouterr().out
