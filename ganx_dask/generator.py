@@ -114,6 +114,19 @@ def _validate(p: dict) -> EnergyAxis | np.ndarray:
     return ax
 
 
+def _check_detector(detector, count_model: str):
+    """The detector effects (``None``: none), refused when they cannot go with the count model."""
+    from .detector import as_detector
+
+    fx = as_detector(detector)
+    if fx is not None and fx.dead_time and count_model == "fixed":
+        raise ConfigError(
+            "a dead-time model needs count_model 'poisson' or 'luminosity' (with 'fixed' the "
+            "recorded counts are fixed by definition)"
+        )
+    return fx
+
+
 def _centres(energy) -> np.ndarray:
     """Bin centres (keV) of an array-like energy specification."""
     return np.asarray(energy.values if isinstance(energy, xr.DataArray) else energy, dtype=float)
@@ -317,14 +330,9 @@ def generate(
                                        and not isinstance(pixel_size, bool)
                                        and np.isfinite(pixel_size) and pixel_size > 0):
         raise ConfigError(f"pixel_size must be a positive number of mm, got {pixel_size!r}")
-    from .detector import as_detector, live_time_map
+    from .detector import live_time_map
 
-    fx = as_detector(detector)
-    if fx is not None and fx.dead_time and count_model == "fixed":
-        raise ConfigError(
-            "a dead-time model needs count_model 'poisson' or 'luminosity' (with 'fixed' the "
-            "recorded counts are fixed by definition)"
-        )
+    fx = _check_detector(detector, count_model)
 
     lib = _resolve_library(library)
     img, opaque = read_image(image, chunks=chunks, return_alpha=True)

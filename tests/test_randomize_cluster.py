@@ -55,7 +55,7 @@ def _n_complete(store) -> int:
 
 
 def test_worker_killed_mid_randomised_batch_gives_identical_bytes(tmp_path):
-    files = _images(tmp_path / "imgs", N_IMAGES)
+    _images(tmp_path / "imgs", N_IMAGES)
     cfg = tmp_path / "batch.yaml"
     cfg.write_text(yaml.safe_dump(CONFIG))
     ref = tmp_path / "sync.zarr"

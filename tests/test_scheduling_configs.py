@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ganx_dask.errors import ConfigError
+from ganx_dask.pipelines.config import Option, describe, load_config, validate
 from ganx_dask.scheduling import (
     KINDS,
     SCHEMAS,
@@ -14,8 +16,6 @@ from ganx_dask.scheduling import (
     make_cluster,
     worker_malloc_trim,
 )
-from ganx_dask.errors import ConfigError
-from ganx_dask.pipelines.config import Option, describe, load_config, validate
 
 from .markers import requires_jobqueue, requires_kubernetes
 

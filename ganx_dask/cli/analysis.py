@@ -422,8 +422,8 @@ def _run_compare(args) -> int:
 
 
 def _run_paper(args) -> int:
-    from ..scheduling import scheduler_context
     from ..pipelines.paper import run_paper
+    from ..scheduling import scheduler_context
 
     with scheduler_context(args.scheduler):
         result = run_paper(args.config, output=args.output, small=args.small,

@@ -193,9 +193,9 @@ def _load_map(path: str):
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``ganx-dask generate``; returns the exit code."""
-    from ..scheduling import scheduler_context
     from ..errors import ConfigError
     from ..generator import generate
+    from ..scheduling import scheduler_context
     from ..store import to_zarr
 
     if args.demo == (args.image is not None):

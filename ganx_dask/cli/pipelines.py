@@ -75,8 +75,8 @@ def _where(args, cfg) -> tuple[str | None, str | None]:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    from ..scheduling import scheduler_context
     from ..pipelines.batch import load_batch_config, run_batch
+    from ..scheduling import scheduler_context
 
     cfg = load_batch_config(args.config)
     scheduler, cluster_config = _where(args, cfg)
@@ -108,8 +108,8 @@ def _run_batch(args: argparse.Namespace) -> int:
 
 
 def _run_mosaic(args: argparse.Namespace) -> int:
-    from ..scheduling import scheduler_context
     from ..pipelines.mosaic import load_mosaic_config, run_mosaic
+    from ..scheduling import scheduler_context
 
     cfg = load_mosaic_config(args.config)
     scheduler, cluster_config = _where(args, cfg)

@@ -389,8 +389,7 @@ def check_draw(generation: Mapping[str, Any], drawn: Mapping[str, Any], library=
     GanxError
         An invalid instrument, detector, count model, matching parameter or pigment name.
     """
-    from ..detector import as_detector
-    from ..generator import _validate
+    from ..generator import _check_detector, _validate
     from ..pigments.library import select_pigments
     from ..pigments.physics import as_instrument
 
@@ -402,9 +401,7 @@ def check_draw(generation: Mapping[str, Any], drawn: Mapping[str, Any], library=
         _validate(params)
     if gen.get("instrument") is not None:
         as_instrument(gen["instrument"])
-    fx = as_detector(gen.get("detector"))
-    if fx is not None and fx.dead_time and gen.get("count_model", "fixed") == "fixed":
-        raise ConfigError("a dead-time model needs count_model 'poisson' or 'luminosity'")
+    _check_detector(gen.get("detector"), gen.get("count_model", "fixed"))
     if pigments is not None:
         if not isinstance(pigments, (str, list)):
             raise ConfigError(f"pigments must be a list of names or 'paper', got {pigments!r}")
