@@ -129,7 +129,7 @@ class Distribution:
             return [int(self.low), int(self.high)] if self.integer else [self.low, self.high]
         if self.kind == "choices":
             return [copy.deepcopy(v) for v in self.values]
-        return [list(self.values[: self.size[0]]), list(self.values[: self.size[1]])]
+        return [list(self.values[: self.size[0]]), list(self.values)]  # every name is checked
 
 
 def _section_fields() -> dict[str, dict[str, bool]]:
@@ -408,7 +408,7 @@ def check_draw(generation: Mapping[str, Any], drawn: Mapping[str, Any], library=
         select_pigments(library, pigments)
 
 
-def batch_draws(cfg: Mapping[str, Any], config, files, generation: Mapping[str, Any], library,
+def batch_draws(cfg: Mapping[str, Any], config, names, generation: Mapping[str, Any], library,
                 params: dict[str, Any]) -> tuple[dict[str, dict], dict[str, Any]]:
     """Validate a batch's ``randomize`` section and draw every image's parameters up front.
 
@@ -422,13 +422,15 @@ def batch_draws(cfg: Mapping[str, Any], config, files, generation: Mapping[str, 
         A bad entry (naming ``randomize.KEY``) or an image whose drawn combination the generator
         would refuse (naming the image).
     """
+    from ..generator import _resolve_library
+
+    library = _resolve_library(library)  # once: the default library is a fresh copy per call
     source = str(config) if isinstance(config, (str, bytes)) or hasattr(config, "__fspath__") \
         else "batch config"
     dists = parse_randomize(cfg.get("randomize"), source=source, library=library,
                             generation=generation)
     draws = {}
-    for path in files:
-        name = group_name(path)
+    for name in names:
         draws[name] = draw(dists, cfg["seed"], name)
         try:
             check_draw(generation, draws[name], library)
