@@ -408,7 +408,7 @@ def check_draw(generation: Mapping[str, Any], drawn: Mapping[str, Any], library=
         select_pigments(library, pigments)
 
 
-def batch_draws(cfg: Mapping[str, Any], config, names, generation: Mapping[str, Any], library,
+def batch_draws(cfg: Mapping[str, Any], config, files, generation: Mapping[str, Any], library,
                 params: dict[str, Any]) -> tuple[dict[str, dict], dict[str, Any]]:
     """Validate a batch's ``randomize`` section and draw every image's parameters up front.
 
@@ -430,7 +430,8 @@ def batch_draws(cfg: Mapping[str, Any], config, names, generation: Mapping[str, 
     dists = parse_randomize(cfg.get("randomize"), source=source, library=library,
                             generation=generation)
     draws = {}
-    for name in names:
+    for path in files:
+        name = group_name(path)
         draws[name] = draw(dists, cfg["seed"], name)
         try:
             check_draw(generation, draws[name], library)
