@@ -448,4 +448,8 @@ def generate(
         "tile": int(tile),
         "image": _image_info(image, img),
     }
-    return xr.Dataset(data_vars, coords=coords, attrs=encode(attrs))
+    ds = xr.Dataset(data_vars, coords=coords, attrs=encode(attrs))
+    from .store import cube_encoding  # a plain ds.to_zarr(path) writes what store.to_zarr does
+
+    ds["counts"].encoding = cube_encoding((chunks, chunks), ds.sizes["energy"])
+    return ds

@@ -45,6 +45,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
@@ -62,10 +63,14 @@ __all__ = [
     "DEFAULT_COMPRESSOR",
     "RECORD",
     "to_zarr",
+    "plan_write",
+    "finish_write",
+    "WritePlan",
     "open_cube",
     "is_complete",
     "missing_regions",
     "default_compressor",
+    "cube_encoding",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,6 +92,19 @@ def default_compressor() -> BloscCodec:
 
 
 DEFAULT_COMPRESSOR = default_compressor()
+
+
+def cube_encoding(region: tuple[int, int], n_energy: int, codec=None) -> dict:
+    """xarray/zarr encoding of ``counts``: one region (pixels) × all ``n_energy`` channels per
+    chunk, ``codec`` (default :func:`default_compressor`), and ``write_empty_chunks=True``,
+    which skips zarr's all-zero scan of every chunk (``docs/performance.md``).
+
+    :func:`ganx_dask.generate` sets it on ``counts``, so a plain ``ds.to_zarr(path)`` writes the
+    same ``counts`` chunks, as fast, as :func:`to_zarr`.
+    """
+    return {"chunks": (int(region[0]), int(region[1]), int(n_energy)),
+            "compressors": [default_compressor() if codec is None else codec],
+            "write_empty_chunks": True}
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -271,7 +289,7 @@ def _write_template(ds: xr.Dataset, path: Path, group, region, codec, fp: str) -
     small.to_zarr(str(path), group=group, mode="w", zarr_format=3, consolidated=False)
     cube = ds[[CUBE]]
     cube.attrs = attrs
-    enc = {CUBE: {"chunks": (region[0], region[1], ds[CUBE].shape[2]), "compressors": [codec]}}
+    enc = {CUBE: cube_encoding(region, ds[CUBE].shape[2], codec)}
     cube.to_zarr(str(path), group=group, mode="a", zarr_format=3, consolidated=False,
                  compute=False, encoding=enc)
     g = _open_group(path, group, "r+")
@@ -313,15 +331,22 @@ def _write_region(block: np.ndarray, path: str, group: str | None, ry: int, rx: 
     return int(block.nbytes)
 
 
-def _compute(tasks: list, progress: bool) -> list:
+def active_client():
+    """The ``distributed.Client`` that dask computations go to, or ``None`` (local scheduler)."""
     try:
         from distributed import default_client
-        from distributed import progress as dprogress
 
         client = default_client()
     except (ImportError, ValueError):
-        client = None
-    if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed"):
+        return None
+    return client if dask.config.get("scheduler", None) in (None, "dask.distributed") else None
+
+
+def _compute(tasks: list, progress: bool) -> list:
+    client = active_client()
+    if client is not None:
+        from distributed import progress as dprogress
+
         futures = client.compute(tasks)
         if progress:
             dprogress(futures)
@@ -418,6 +443,54 @@ def to_zarr(
     GanxError
         Unwritable location, malformed dataset, or a resume against different parameters.
     """
+    plan = plan_write(ds, path, group=group, overwrite=overwrite, resume=resume, region=region,
+                      compressor=compressor)
+    if plan.tasks:
+        _compute(plan.tasks, progress)
+    finish_write(plan)
+    return str(plan.path)
+
+
+@dataclass
+class WritePlan:
+    """A store whose template is written and whose region tasks are built but not computed.
+
+    Made by :func:`plan_write`; compute ``tasks`` on any scheduler (each is independent and
+    idempotent), then call :func:`finish_write`.  :func:`to_zarr` is exactly these two halves;
+    the ``batch`` pipeline uses them to run the regions of many stores on one pool of workers.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The store.
+    group : str or None
+        Group inside the store.
+    tasks : list of dask.delayed.Delayed
+        One task per region still to compute.
+    complete : bool
+        The store was already complete: nothing to compute or finish.
+    """
+
+    path: Path
+    group: str | None
+    tasks: list = field(default_factory=list)
+    complete: bool = False
+
+
+def plan_write(
+    ds: xr.Dataset,
+    path: str | os.PathLike,
+    *,
+    group: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    region: int | tuple[int, int] | None = None,
+    compressor=None,
+) -> WritePlan:
+    """First half of :func:`to_zarr`: checks, template, resume record, the region tasks.
+
+    Parameters and exceptions as :func:`to_zarr`.  Nothing is computed but the template.
+    """
     if overwrite and resume:
         raise GanxError("give either overwrite=True or resume=True, not both")
     path = Path(os.fspath(path)).expanduser()
@@ -462,7 +535,7 @@ def to_zarr(
             log.info("store %s is already complete: 0 regions to compute", target)
             if not _is_consolidated(path, group):  # killed between the last two steps
                 _consolidate(path, group)
-            return str(path)
+            return WritePlan(path, group, complete=True)
         resumed = list(attrs.get("resumed", []))
     elif exists and overwrite:
         _clear_store(target)
@@ -492,13 +565,20 @@ def to_zarr(
               dask_key_name=f"ganx-write-region-{token}-{ry}-{rx}")
         for ry, rx in todo
     ]
-    if tasks:
-        _compute(tasks, progress)
+    return WritePlan(path, group, tasks)
+
+
+def finish_write(plan: WritePlan) -> None:
+    """Second half of :func:`to_zarr`, after every task of ``plan`` ran: ``complete: True``,
+    then consolidated metadata (stores without a group)."""
+    if plan.complete:
+        return
+    path, group = plan.path, plan.group
     if not _record(path, group).all():  # pragma: no cover - a task failed silently
-        raise GanxError(f"store {str(target)!r}: some regions were not recorded as written")
+        raise GanxError(f"store {str(_group_dir(path, group))!r}: some regions were not "
+                        "recorded as written")
     _update_attrs(_open_group(path, group, "r+"), complete=True)
     _consolidate(path, group)
-    return str(path)
 
 
 def is_complete(path: str | os.PathLike, group: str | None = None) -> bool:

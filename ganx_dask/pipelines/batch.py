@@ -38,6 +38,7 @@ from ..errors import ConfigError, GanxError, ImageError
 from ..io import IMAGE_SUFFIXES, file_sha256, group_name
 from ..seeding import check_seed, image_seed
 from .config import Option, load_config, validate
+from .scheduling import ImageJob
 
 __all__ = [
     "BATCH_SCHEMA",
@@ -379,8 +380,7 @@ def run_batch(
     ImageError
         No images found.
     """
-    from ..generator import generate
-    from ..store import is_complete, to_zarr
+    from ..store import is_complete
     from . import randomize
 
     cfg = load_batch_config(config)
@@ -434,6 +434,7 @@ def run_batch(
         )
 
     save()
+    jobs: list[ImageJob] = []
     for path in files:
         name = group_name(path)
         sha = file_sha256(path)
@@ -461,7 +462,6 @@ def run_batch(
                 manifest[name] = rec
                 report.stale.append(name)
                 warnings.warn(f"{path}: {rec['error']}", UserWarning, stacklevel=2)
-                save()
                 continue
             mode = {"overwrite": True}
         elif done:
@@ -470,31 +470,62 @@ def run_batch(
                 rec["shape"] = _group_shape(out, name)
             manifest[name] = rec
             report.skipped_complete.append(name)
-            save()
             continue
         elif group_exists:
             mode = {"resume": True}
         else:
             mode = {}
         manifest[name] = rec
-        save()
-        try:
-            img_gen, img_library = randomize.image_generation(gen, library, draws[name])
-            ds = generate(str(path), img_library, seed=img_seed, **img_gen)
-            if draws[name]:
-                ds.attrs["randomized"] = draws[name]
-            rec["shape"] = [int(ds.sizes["y"]), int(ds.sizes["x"])]
-            to_zarr(ds, out, group=name, progress=progress, **mode)
-        except GanxError as exc:
-            rec.update(status="failed", error=str(exc))
-            report.failed.append(name)
-            log.warning("%s: %s", path, exc)
-        else:
-            rec.update(status="complete")
-            (report.resumed if mode.get("resume") else report.generated).append(name)
-        save()
+        img_gen, img_library = randomize.image_generation(gen, library, draws[name])
+        jobs.append(ImageJob(name, str(path), img_seed, mode, gen=img_gen,
+                             library=None if img_library is library else img_library,
+                             attrs={"randomized": draws[name]} if draws[name] else None))
+    save()  # every image to generate is recorded as pending before any work starts
+    _generate_images(jobs, out, library, gen, manifest, report, save, progress)
     report.manifest = list(manifest.values())
     return report
+
+
+def _generate_images(jobs: list, out: str, library, gen: dict[str, Any],
+                     manifest: dict[str, dict], report: BatchReport, save, progress: bool) -> None:
+    """Run the pending images concurrently (:mod:`.scheduling`), recording each outcome.
+
+    The manifest is saved at most every :data:`_SAVE_EVERY_S` seconds while images finish, and
+    at the end: a run killed in between leaves finished images marked ``pending``, and the next
+    run finds their groups complete and skips them (the groups' own ``complete`` flags decide).
+    """
+    import time
+
+    from .scheduling import run_images
+
+    order = {job.name: i for i, job in enumerate(jobs)}
+    last = [time.monotonic()]
+
+    def on_result(job, shape, error) -> None:
+        rec = manifest[job.name]
+        if shape is not None:
+            rec["shape"] = shape
+        if error is not None:
+            rec.update(status="failed", error=error)
+            report.failed.append(job.name)
+            log.warning("%s: %s", job.path, error)
+        else:
+            rec.update(status="complete")
+            (report.resumed if job.mode.get("resume") else report.generated).append(job.name)
+        if time.monotonic() - last[0] >= _SAVE_EVERY_S:
+            save()
+            last[0] = time.monotonic()
+
+    try:
+        run_images(jobs, out, library, gen, on_result=on_result, progress=progress)
+    finally:
+        save()
+        for names in (report.generated, report.resumed, report.failed):
+            names.sort(key=order.__getitem__)  # input order, whatever the completion order
+
+
+#: Minimum seconds between two manifest writes while images finish.
+_SAVE_EVERY_S = 2.0
 
 
 def _group_shape(out: str, name: str) -> list[int] | None:
