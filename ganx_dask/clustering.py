@@ -2,15 +2,22 @@
 
 :func:`subsample_pixels` draws a deterministic pixel subsample (positions from
 ``SeedSequence(seed, spawn_key=(1,))``, independent of dask chunking);
-:func:`fit_iterative_kmeans` runs scikit-learn's ``MiniBatchKMeans`` for every k from
-``n_start − delta`` to ``n_start + delta`` *inclusive* (never below 2, never above the number of
-distinct colours), scores each with the silhouette score on a further subsample
+:func:`fit_iterative_kmeans` runs a weighted k-means (k-means++ seeding, Lloyd iterations,
+best of 3 starts) on the sample's colour histogram (:func:`colour_bins`: exact distinct colours,
+or at most :data:`MAX_BINS` quantised bins represented by their members' mean colour) for every
+k from ``n_start − delta`` to ``n_start + delta`` *inclusive* (never below 2, never above the
+number of distinct colours), scores each with the silhouette score on a further subsample
 (``spawn_key=(2,)``) and keeps the best (ties: the smaller k).  ``patience = p ≥ 0`` stops the sweep
 once more than ``p`` steps failed to improve the best score (the paper's counter, not reset on
 improvement); ``p = −1`` tries every k.  :func:`predict_labels` assigns every pixel of the full
 image to its nearest centroid (squared Euclidean distance in 8-bit RGB) with ``da.map_blocks``.
 
 An image with a single distinct colour yields one cluster (k = 1, no silhouette score).
+
+Cost: a few tens of ms per image, whatever its size, in numpy (no scikit-learn import).  Until
+store format 2 (ganx-dask 0.1.0) the fit was scikit-learn's ``MiniBatchKMeans`` on the pixels
+(≈ 0.3–1 s per image plus ≈ 0.8 s to import scikit-learn); the chosen centroids, and so the
+cubes, differ between the two (``docs/performance.md``, "Fixed costs").
 """
 
 from __future__ import annotations
@@ -25,7 +32,11 @@ import xarray as xr
 from .errors import ConfigError, ImageError
 
 __all__ = ["ClusterModel", "subsample_pixels", "fit_iterative_kmeans", "predict_labels",
-           "nearest_centroid"]
+           "nearest_centroid", "colour_bins", "weighted_kmeans", "pairwise_distances",
+           "silhouette"]
+
+#: The ``clustering.method`` attribute of a dataset.
+METHOD = "weighted k-means++/Lloyd on the colour histogram + silhouette (numpy)"
 
 #: Spawn-key namespaces (docs/architecture.md, "Determinism rule").
 _KEY_SUBSAMPLE, _KEY_SILHOUETTE, _KEY_KMEANS = 1, 2, 3
@@ -70,7 +81,7 @@ class ClusterModel:
     def to_attrs(self) -> dict:
         """JSON-serialisable summary for the dataset attrs (chosen k, silhouette per k, ...)."""
         return {
-            "method": "MiniBatchKMeans + silhouette (sklearn)",
+            "method": METHOD,
             "k": int(self.k),
             "silhouette": {str(k): (None if not np.isfinite(s) else float(s))
                            for k, s in self.scores.items()},
@@ -165,13 +176,171 @@ def subsample_pixels(
     return np.ascontiguousarray(pix, dtype=np.uint8).reshape(-1, 3)
 
 
-def _silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    from sklearn.metrics import silhouette_score
+#: The k-means runs on a colour histogram of at most this many occupied bins (see
+#: :func:`colour_bins`); exact distinct colours when the sample has no more.
+MAX_BINS = 1024
+#: k-means++ restarts per k (the lowest weighted inertia wins) and Lloyd iterations per restart.
+N_INIT, MAX_ITER = 3, 100
 
-    n_lab = np.unique(labels).size
-    if n_lab < 2 or n_lab > x.shape[0] - 1:
+
+def colour_bins(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The fit sample as a weighted colour histogram: what the k-means runs on.
+
+    Exact distinct colours when there are at most :data:`MAX_BINS`; otherwise each channel is
+    quantised to ``256 >> s`` levels with the smallest shift ``s`` that leaves at most
+    :data:`MAX_BINS` occupied bins, and each bin is represented by the exact mean colour of its
+    member pixels.
+
+    Parameters
+    ----------
+    px : numpy.ndarray
+        ``(n, 3)`` uint8 RGB pixels.
+
+    Returns
+    -------
+    colours : numpy.ndarray
+        ``(m, 3)`` float64 mean colour of each occupied bin (8-bit RGB units), in bin order.
+    weights : numpy.ndarray
+        ``(m,)`` float64 number of pixels in each bin.
+    """
+    return _colour_hist(px)[:2]
+
+
+def _colour_hist(px: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`colour_bins` plus the number of distinct colours."""
+    p = np.asarray(px, dtype=np.int64)
+    uniq, counts = np.unique((p[:, 0] << 16) | (p[:, 1] << 8) | p[:, 2], return_counts=True)
+    rgb = np.stack([uniq >> 16, (uniq >> 8) & 255, uniq & 255], axis=1)
+    w = counts.astype(np.float64)
+    if uniq.size <= MAX_BINS:
+        return rgb.astype(np.float64), w, int(uniq.size)
+    for shift in range(1, 8):  # quantise the distinct colours (weighted), not the pixels
+        q = rgb >> shift
+        codes, inverse = np.unique((q[:, 0] << 16) | (q[:, 1] << 8) | q[:, 2],
+                                   return_inverse=True)
+        if codes.size <= MAX_BINS or shift == 7:
+            break
+    bw = np.bincount(inverse, weights=w)
+    sums = np.stack([np.bincount(inverse, weights=w * rgb[:, c]) for c in range(3)], axis=1)
+    return sums / bw[:, None], bw, int(uniq.size)
+
+
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """``(n, k)`` squared Euclidean distances between rows of ``x`` (n, 3) and ``c`` (k, 3)."""
+    d = x[:, None, :] - c[None, :, :]
+    return np.einsum("nkj,nkj->nk", d, d)
+
+
+def _kmeans_pp(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Weighted k-means++ seeding: each next centre drawn with probability ∝ w · D²."""
+    idx = [int(np.searchsorted(np.cumsum(w), rng.random() * w.sum(), side="right"))]
+    d2 = _sq_dist(x, x[idx])[:, 0]
+    for _ in range(1, k):
+        p = np.cumsum(w * d2)
+        if p[-1] <= 0:  # fewer distinct points than k: duplicates are dropped later
+            i = int(rng.integers(x.shape[0]))
+        else:
+            i = int(np.searchsorted(p, rng.random() * p[-1], side="right"))
+        i = min(i, x.shape[0] - 1)
+        idx.append(i)
+        d2 = np.minimum(d2, _sq_dist(x, x[i:i + 1])[:, 0])
+    return x[idx].copy()
+
+
+def weighted_kmeans(x: np.ndarray, w: np.ndarray, k: int, seed_key: tuple[int, ...],
+                    seed: int) -> tuple[np.ndarray, float]:
+    """Lloyd's k-means on weighted points, best of :data:`N_INIT` k-means++ starts.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(m, 3)`` float64 points (colours, 8-bit RGB units).
+    w : numpy.ndarray
+        ``(m,)`` non-negative weights (pixel counts).
+    k : int
+        Number of clusters (≤ m).
+    seed_key : tuple of int
+        Spawn key of the starts' generator ``SeedSequence(seed, spawn_key=seed_key)``.
+    seed : int
+        Master seed.
+
+    Returns
+    -------
+    centroids : numpy.ndarray
+        ``(k, 3)`` float64 (a cluster that lost all its points keeps its last position).
+    inertia : float
+        Weighted sum of squared distances to the nearest centroid.
+    """
+    rng = _rng(seed, *seed_key)
+    best_c, best_in = None, np.inf
+    rows = np.arange(x.shape[0])
+    for _ in range(N_INIT):
+        c = _kmeans_pp(x, w, k, rng)
+        labels = None
+        for _ in range(MAX_ITER):
+            d = _sq_dist(x, c)
+            new = d.argmin(axis=1)
+            if labels is not None and np.array_equal(new, labels):
+                break
+            labels = new
+            cnt = np.bincount(labels, weights=w, minlength=k)
+            sums = np.stack([np.bincount(labels, weights=w * x[:, j], minlength=k)
+                             for j in range(3)], axis=1)
+            full = cnt > 0
+            c[full] = sums[full] / cnt[full, None]
+        inertia = float(np.dot(w, d[rows, labels]))
+        if inertia < best_in:
+            best_c, best_in = c, inertia
+    return best_c, best_in
+
+
+def pairwise_distances(x: np.ndarray) -> np.ndarray:
+    """``(n, n)`` Euclidean distances between the rows of ``x`` (zero diagonal)."""
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    out, tmp = np.empty((n, n)), np.empty((n, n))  # in place: two n² buffers, no (n, n, 3)
+    for j in range(x.shape[1]):
+        dst = out if j == 0 else tmp
+        np.subtract(x[:, j, None], x[None, :, j], out=dst)
+        np.square(dst, out=dst)
+        if j:
+            out += tmp
+    return np.sqrt(out, out=out)
+
+
+def silhouette(dist: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette coefficient from a precomputed distance matrix.
+
+    ``s_i = (b_i − a_i) / max(a_i, b_i)`` with ``a_i`` the mean distance to the other members of
+    its cluster and ``b_i`` the smallest mean distance to another cluster; 0 for a point alone in
+    its cluster (Rousseeuw 1987; scikit-learn's ``silhouette_score`` definition).  NaN when there
+    are fewer than 2 or more than n − 1 clusters.
+
+    Parameters
+    ----------
+    dist : numpy.ndarray
+        ``(n, n)`` distances (:func:`pairwise_distances`), computed once for every k.
+    labels : numpy.ndarray
+        ``(n,)`` integer cluster labels.
+    """
+    n = dist.shape[0]
+    uniq, lab = np.unique(labels, return_inverse=True)
+    k = uniq.size
+    if k < 2 or k > n - 1:
         return float("nan")
-    return float(silhouette_score(x, labels, metric="euclidean"))
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), lab] = 1.0
+    sums = dist @ onehot  # (n, k) distance sums per cluster
+    cnt = onehot.sum(axis=0)
+    own = cnt[lab]
+    a = sums[np.arange(n), lab] / np.maximum(own - 1, 1)
+    mean_other = sums / cnt
+    mean_other[np.arange(n), lab] = np.inf
+    b = mean_other.min(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = np.nan_to_num((b - a) / np.maximum(a, b))
+    s[own == 1] = 0.0
+    return float(s.mean())
 
 
 def _check_params(n_start, delta, patience, score_batch) -> None:
@@ -199,7 +368,7 @@ def fit_iterative_kmeans(
     score_batch: int = 1024,
     seed: int = 0,
 ) -> ClusterModel:
-    """Iterative MiniBatchKMeans over a range of k, scored by the silhouette (paper Alg. 2).
+    """Iterative k-means over a range of k, scored by the silhouette (paper Alg. 2).
 
     Parameters
     ----------
@@ -215,8 +384,8 @@ def fit_iterative_kmeans(
     score_batch : int
         Pixels (seed-derived subsample of ``pixels``) on which each silhouette score is computed.
     seed : int
-        Master seed: silhouette subsample from ``SeedSequence(seed, (2,))``, the k-means
-        ``random_state`` for k from ``SeedSequence(seed, (3, k))``.
+        Master seed: silhouette subsample from ``SeedSequence(seed, (2,))``, the k-means++
+        starts for k from ``SeedSequence(seed, (3, k))``.
 
     Returns
     -------
@@ -229,9 +398,6 @@ def fit_iterative_kmeans(
     ConfigError
         Invalid parameters.
     """
-    from sklearn.cluster import MiniBatchKMeans
-    from threadpoolctl import threadpool_limits
-
     _check_params(n_start, delta, patience, score_batch)
     px = np.asarray(pixels)
     if px.ndim != 2 or px.shape[1] != 3:
@@ -244,40 +410,35 @@ def fit_iterative_kmeans(
     params = {"n_start": int(n_start), "delta": int(delta), "patience": int(patience),
               "score_batch": int(score_batch), "seed": int(seed)}
     x = px.astype(np.float64)
-    distinct = np.unique(px, axis=0)
-    if distinct.shape[0] == 1:
+    colours, weights, n_distinct = _colour_hist(px)
+    if n_distinct == 1:
         warnings.warn("the image has a single colour: one cluster (k = 1)", UserWarning,
                       stacklevel=2)
-        return ClusterModel(distinct.astype(np.float64), distinct.astype(np.uint8), 1, {},
-                            px.shape[0], 0, params)
+        return ClusterModel(x[:1].copy(), px[:1].astype(np.uint8), 1, {}, px.shape[0], 0,
+                            params)
     ks = [k for k in range(max(2, n_start - delta), n_start + delta + 1)
-          if k <= distinct.shape[0]]
+          if k <= min(n_distinct, colours.shape[0])]
     if not ks:
-        ks = [int(distinct.shape[0])]
+        ks = [int(min(n_distinct, colours.shape[0]))]
     n_score = min(int(score_batch), x.shape[0])
     score_idx = np.sort(_rng(seed, _KEY_SILHOUETTE).choice(x.shape[0], n_score, replace=False))
     xs = x[score_idx]
+    dist = pairwise_distances(xs)  # once for every k
 
     best_s, best = -np.inf, None
     scores: dict[int, float] = {}
     misses = 0
-    with threadpool_limits(limits=1):  # OpenMP threads: slow when oversubscribed, tiny inputs
-        for k in ks:
-            rs = int(np.random.SeedSequence(int(seed), spawn_key=(_KEY_KMEANS, k)).generate_state(1)[0])
-            km = MiniBatchKMeans(n_clusters=k, random_state=rs, n_init=3,
-                                 batch_size=min(1024, x.shape[0]))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # ConvergenceWarning on near-degenerate inputs
-                km.fit(x)
-            s = _silhouette(xs, nearest_centroid(xs, km.cluster_centers_))
-            scores[k] = s
-            if best is None or (np.isfinite(s) and s > best_s):
-                best, best_s = km, (s if np.isfinite(s) else -np.inf)
-                continue
-            misses += 1
-            if patience >= 0 and misses > patience:
-                break
-    centroids = np.asarray(best.cluster_centers_, dtype=np.float64)
+    for k in ks:
+        cen, _ = weighted_kmeans(colours, weights, k, (_KEY_KMEANS, k), seed)
+        s = silhouette(dist, nearest_centroid(xs, cen))
+        scores[k] = s
+        if best is None or (np.isfinite(s) and s > best_s):
+            best, best_s = cen, (s if np.isfinite(s) else -np.inf)
+            continue
+        misses += 1
+        if patience >= 0 and misses > patience:
+            break
+    centroids = np.asarray(best, dtype=np.float64)
     labels = nearest_centroid(x, centroids)
     # drop empty clusters (possible on tiny inputs), then mean colour of the members
     used = np.unique(labels)

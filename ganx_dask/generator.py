@@ -37,7 +37,12 @@ from .matching import canonical_mode, cluster_distributions
 from .sampling import check_count_model, counts_dtype, sample_cube
 from .seeding import check_seed
 
-__all__ = ["generate", "relative_luminance", "ENGINES"]
+#: Version of the cube a given seed and inputs produce (attribute ``format_version``).  1:
+#: ganx-dask ≤ 0.1.0 (scikit-learn MiniBatchKMeans clustering; no attribute); 2: the numpy
+#: histogram k-means of :mod:`ganx_dask.clustering` — other centroids, so other labels and counts.
+FORMAT_VERSION = 2
+
+__all__ = ["generate", "relative_luminance", "ENGINES", "FORMAT_VERSION"]
 
 #: Sampler engines (see :mod:`ganx_dask.sampling`).
 ENGINES = ("auto", "numpy", "numba")
@@ -435,6 +440,7 @@ def generate(
         "history": f"{created} ganx-dask {__version__} generate(seed={int(seed)})",
         "references": "A. Bombini et al., ganX - generate artificially new XRF: a python library "
                       "to generate MA-XRF raw data out of RGB images (2023)",
+        "format_version": FORMAT_VERSION,
         "ganx_dask_version": __version__,
         "seed": int(seed),
         "created": created,

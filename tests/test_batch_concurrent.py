@@ -13,7 +13,7 @@ from PIL import Image
 
 from ganx_dask import generate, to_zarr
 from ganx_dask.pipelines.batch import read_manifest, run_batch
-from ganx_dask.pipelines.scheduling import WHOLE_IMAGE_REGIONS, image_pixels, synchronous_dask
+from ganx_dask.pipelines.image_pool import WHOLE_IMAGE_REGIONS, image_pixels, synchronous_dask
 from ganx_dask.store import RECORD, is_complete
 
 GEN = {"energy": "0.5:38.5:128", "counts": 50, "chunks": 64, "n_start": 3, "delta": 1,

@@ -38,7 +38,7 @@ from ..errors import ConfigError, GanxError, ImageError
 from ..io import IMAGE_SUFFIXES, file_sha256, group_name
 from ..seeding import check_seed, image_seed
 from .config import Option, load_config, validate
-from .scheduling import ImageJob
+from .image_pool import ImageJob
 
 __all__ = [
     "BATCH_SCHEMA",
@@ -488,7 +488,7 @@ def run_batch(
 
 def _generate_images(jobs: list, out: str, library, gen: dict[str, Any],
                      manifest: dict[str, dict], report: BatchReport, save, progress: bool) -> None:
-    """Run the pending images concurrently (:mod:`.scheduling`), recording each outcome.
+    """Run the pending images concurrently (:mod:`.image_pool`), recording each outcome.
 
     The manifest is saved at most every :data:`_SAVE_EVERY_S` seconds while images finish, and
     at the end: a run killed in between leaves finished images marked ``pending``, and the next
@@ -496,7 +496,7 @@ def _generate_images(jobs: list, out: str, library, gen: dict[str, Any],
     """
     import time
 
-    from .scheduling import run_images
+    from .image_pool import run_images
 
     order = {job.name: i for i, job in enumerate(jobs)}
     last = [time.monotonic()]
