@@ -105,7 +105,7 @@ def test_rerun_skips_and_resume_finishes_an_interrupted_group(folder, sequential
 @pytest.mark.cluster
 def test_batch_on_a_two_worker_local_cluster_gives_the_sequential_bytes(folder, sequential,
                                                                        tmp_path):
-    from ganx_dask.cluster import scheduler_context
+    from ganx_dask.scheduling import scheduler_context
 
     seq, seq_report = sequential
     cfg = tmp_path / "local.yaml"
