@@ -33,9 +33,10 @@ from typing import Any
 import dask
 
 from ..errors import GanxError
+from ..pigments import PigmentLibrary
 
 __all__ = ["ImageJob", "WHOLE_IMAGE_REGIONS", "run_image", "run_images", "synchronous_dask",
-           "image_pixels"]
+           "image_pixels", "spectra_memo"]
 
 #: Images of at most this many regions (``chunks``² pixels each) run as one task.
 WHOLE_IMAGE_REGIONS = 4
@@ -99,6 +100,35 @@ def synchronous_dask() -> Iterator[None]:
                     dask.config.config.pop("scheduler", None)
                 else:
                     dask.config.set(scheduler=saved)
+
+
+def spectra_memo(library):
+    """``library`` (``None``: the default library) as a copy that keeps the spectra it renders.
+
+    Every image of a batch asks for the same pigment spectra (one energy axis, one
+    instrument); rendering them costs about as much as clustering a small image.  The copy keys
+    its memo on ``dask.base.tokenize(energy, instrument)`` and hands out copies, so the
+    spectra, and the bytes, are those of a fresh render.  It lives for one batch: nobody
+    changes its pigments meanwhile.
+    """
+    from ..generator import _resolve_library
+
+    lib = _resolve_library(library)
+    return _SpectraMemo(list(lib), name=lib.name, version=lib.version,
+                        instrument=lib.instrument, description=lib.description)
+
+
+class _SpectraMemo(PigmentLibrary):
+    """A :class:`PigmentLibrary` that keeps the spectra it renders (see :func:`spectra_memo`)."""
+
+    def spectra(self, energy, instrument=None):
+        from dask.base import tokenize
+
+        memo = self.__dict__.setdefault("_memo", {})
+        key = tokenize(energy, instrument)
+        if key not in memo:
+            memo[key] = super().spectra(energy, instrument)
+        return memo[key].copy(deep=True)
 
 
 def run_image(path: str, library, seed: int, gen: Mapping[str, Any], out: str, group: str,
@@ -256,6 +286,7 @@ def run_images(jobs: Sequence[ImageJob], out: str, library, gen: Mapping[str, An
         Print ``done/total images`` to stderr as images finish (per-region bars when the
         images run one after another).
     """
+    library = spectra_memo(library)
     pool = _pool()
     if pool is None:
         for job in jobs:
