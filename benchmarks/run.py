@@ -8,7 +8,9 @@ In one run it
    rebins losslessly to 1024);
 3. times ganx and ganx-dask end to end on the same images (the bundled demo image resized) and
    parameters (N=400, 1024 channels over 0.5–38.5 keV, N_start=10, δ=2, patience −1, score batch
-   1024) at 128², 256², 512²: wall, CPU (process tree), peak RSS (process tree), ratios;
+   1024) at 128², 256², 512²: wall, CPU (process tree), peak RSS (process tree), ratios —
+   ganx-dask once through ``ganx_dask.to_zarr`` and once through xarray's plain
+   ``ds.to_zarr(path)``;
 4. times ganx-dask alone at 2048² and 8192² (``--quick``: 2048² only) streaming to Zarr: wall,
    CPU-s per raw GB, voxels/s, peak RSS, stored bytes, compression ratio;
 5. runs the sampler alone against the memory-bandwidth and RNG ceilings it measures
@@ -110,9 +112,10 @@ def export_ganx_db(work: Path) -> Path:
     return write_ganx_database(lib, work / "ganxdb", energy="0.5:38.5:2048", overwrite=True)
 
 
-def _case_cmd(image: Path, store: Path, scheduler: str = "threads") -> list[str]:
+def _case_cmd(image: Path, store: Path, scheduler: str = "threads",
+              writer: str = "store") -> list[str]:
     cmd = [sys.executable, str(HERE / "case_ganx_dask.py"), "--image", str(image), "--out",
-           str(store), "--scheduler", scheduler]
+           str(store), "--scheduler", scheduler, "--writer", writer]
     for k, v in PARAMS.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     return cmd
@@ -126,8 +129,9 @@ def _summ(r: dict) -> dict:
     return out
 
 
-def run_ganx_dask(image: Path, store: Path, scheduler: str = "threads") -> dict:
-    r = _summ(run_measured(_case_cmd(image, store, scheduler), env=dict(os.environ)))
+def run_ganx_dask(image: Path, store: Path, scheduler: str = "threads",
+                  writer: str = "store") -> dict:
+    r = _summ(run_measured(_case_cmd(image, store, scheduler, writer), env=dict(os.environ)))
     res = r.get("result") or {}
     if res:
         raw = res["raw_bytes"]
@@ -205,6 +209,24 @@ def markdown(res: dict) -> str:
                      + " |")
     lines += ["", "RSS ratio = ganx-dask / ganx.  ganx keeps its float64 cube in memory (no "
               "writer); ganx-dask writes a compressed Zarr store.", ""]
+    if any(row.get("ganx_dask_xarray") for row in res["compare"]):
+        lines += ["### The same through xarray's `ds.to_zarr(path)` (encoding set by `generate`)",
+                  "", "| size | wall s | CPU s | peak RSS | wall ratio vs ganx | CPU ratio vs ganx "
+                  "| wall / `ganx_dask.to_zarr` |", "|---|---|---|---|---|---|---|"]
+        for row in res["compare"]:
+            x, d, g = row.get("ganx_dask_xarray"), row["ganx_dask"], row.get("ganx") or {}
+            if not x:
+                continue
+            if x["returncode"] != 0:
+                lines.append(f"| {row['size']}² | failed (rc {x['returncode']}) ||||||")
+                continue
+            ok = g.get("returncode") == 0
+            lines.append(
+                f"| {row['size']}² | {x['wall_s']:.1f} | {x['cpu_s']:.1f} | "
+                f"{_mb(x['peak_rss_bytes'])} | "
+                + (f"{g['wall_s'] / x['wall_s']:.1f}× | {g['cpu_s'] / x['cpu_s']:.1f}× | "
+                   if ok else "– | – | ") + f"{x['wall_s'] / d['wall_s']:.2f} |")
+        lines.append("")
     lines += ["## ganx-dask streaming to Zarr", "",
               "| size | wall s | CPU s | CPU-s per raw GB | Gvox/s (end to end) | "
               "Gvox/s (write phase) | peak RSS | raw | stored | ratio |",
@@ -282,6 +304,9 @@ def main(argv: list[str] | None = None) -> dict:
         for n in a.compare_sizes:
             log(f"{n}²: ganx-dask ...")
             row = {"size": n, "ganx_dask": run_ganx_dask(images[n], work / f"c{n}.zarr")}
+            log(f"{n}²: ganx-dask, plain ds.to_zarr ...")
+            row["ganx_dask_xarray"] = run_ganx_dask(images[n], work / f"x{n}.zarr",
+                                                    writer="xarray")
             if py:
                 log(f"{n}²: ganx 0.0.2 ...")
                 row["ganx"] = run_ganx(py, db, images[n])

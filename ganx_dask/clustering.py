@@ -2,11 +2,12 @@
 
 :func:`subsample_pixels` draws a deterministic pixel subsample (positions from
 ``SeedSequence(seed, spawn_key=(1,))``, independent of dask chunking);
-:func:`fit_iterative_kmeans` runs a weighted k-means (k-means++ seeding, Lloyd iterations,
-best of 3 starts) on the sample's colour histogram (:func:`colour_bins`: exact distinct colours,
-or at most :data:`MAX_BINS` quantised bins represented by their members' mean colour) for every
-k from ``n_start − delta`` to ``n_start + delta`` *inclusive* (never below 2, never above the
-number of distinct colours), scores each with the silhouette score on a further subsample
+:func:`fit_iterative_kmeans` runs scikit-learn's ``KMeans`` (k-means++, best of 3 starts) on
+the sample's colour histogram (:func:`colour_bins`: exact distinct colours, or at most
+:data:`MAX_BINS` quantised bins represented by their members' mean colour, weighted by their
+pixel counts) for every k from ``n_start − delta`` to ``n_start + delta`` *inclusive* (never
+below 2, never above the number of distinct colours), scores each with the silhouette score
+(one distance matrix for every k) on a further subsample
 (``spawn_key=(2,)``) and keeps the best (ties: the smaller k).  ``patience = p ≥ 0`` stops the sweep
 once more than ``p`` steps failed to improve the best score (the paper's counter, not reset on
 improvement); ``p = −1`` tries every k.  :func:`predict_labels` assigns every pixel of the full
@@ -14,10 +15,10 @@ image to its nearest centroid (squared Euclidean distance in 8-bit RGB) with ``d
 
 An image with a single distinct colour yields one cluster (k = 1, no silhouette score).
 
-Cost: a few tens of ms per image, whatever its size, in numpy (no scikit-learn import).  Until
-store format 2 (ganx-dask 0.1.0) the fit was scikit-learn's ``MiniBatchKMeans`` on the pixels
-(≈ 0.3–1 s per image plus ≈ 0.8 s to import scikit-learn); the chosen centroids, and so the
-cubes, differ between the two (``docs/performance.md``, "Fixed costs").
+Cost: the k-means runs on ≤ :data:`MAX_BINS` weighted points, whatever the image size.  Until
+format 2 (ganx-dask 0.1.0) the fit was ``MiniBatchKMeans`` on every sampled pixel (≈ 0.3–1 s
+per image); the chosen centroids, and so the cubes, differ between the two
+(``docs/performance.md``, "Fixed costs").
 """
 
 from __future__ import annotations
@@ -32,11 +33,10 @@ import xarray as xr
 from .errors import ConfigError, ImageError
 
 __all__ = ["ClusterModel", "subsample_pixels", "fit_iterative_kmeans", "predict_labels",
-           "nearest_centroid", "colour_bins", "weighted_kmeans", "pairwise_distances",
-           "silhouette"]
+           "nearest_centroid", "colour_bins"]
 
 #: The ``clustering.method`` attribute of a dataset.
-METHOD = "weighted k-means++/Lloyd on the colour histogram + silhouette (numpy)"
+METHOD = "KMeans on the weighted colour histogram + silhouette (sklearn)"
 
 #: Spawn-key namespaces (docs/architecture.md, "Determinism rule").
 _KEY_SUBSAMPLE, _KEY_SILHOUETTE, _KEY_KMEANS = 1, 2, 3
@@ -179,8 +179,8 @@ def subsample_pixels(
 #: The k-means runs on a colour histogram of at most this many occupied bins (see
 #: :func:`colour_bins`); exact distinct colours when the sample has no more.
 MAX_BINS = 1024
-#: k-means++ restarts per k (the lowest weighted inertia wins) and Lloyd iterations per restart.
-N_INIT, MAX_ITER = 3, 100
+#: k-means++ starts per k (scikit-learn ``KMeans(n_init=...)``; the lowest inertia wins).
+N_INIT = 3
 
 
 def colour_bins(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -225,122 +225,14 @@ def _colour_hist(px: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     return sums / bw[:, None], bw, int(uniq.size)
 
 
-def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """``(n, k)`` squared Euclidean distances between rows of ``x`` (n, 3) and ``c`` (k, 3)."""
-    d = x[:, None, :] - c[None, :, :]
-    return np.einsum("nkj,nkj->nk", d, d)
+def _silhouette(dist: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette from a precomputed distance matrix (NaN for < 2 or > n − 1 clusters)."""
+    from sklearn.metrics import silhouette_score
 
-
-def _kmeans_pp(x: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Weighted k-means++ seeding: each next centre drawn with probability ∝ w · D²."""
-    idx = [int(np.searchsorted(np.cumsum(w), rng.random() * w.sum(), side="right"))]
-    d2 = _sq_dist(x, x[idx])[:, 0]
-    for _ in range(1, k):
-        p = np.cumsum(w * d2)
-        if p[-1] <= 0:  # fewer distinct points than k: duplicates are dropped later
-            i = int(rng.integers(x.shape[0]))
-        else:
-            i = int(np.searchsorted(p, rng.random() * p[-1], side="right"))
-        i = min(i, x.shape[0] - 1)
-        idx.append(i)
-        d2 = np.minimum(d2, _sq_dist(x, x[i:i + 1])[:, 0])
-    return x[idx].copy()
-
-
-def weighted_kmeans(x: np.ndarray, w: np.ndarray, k: int, seed_key: tuple[int, ...],
-                    seed: int) -> tuple[np.ndarray, float]:
-    """Lloyd's k-means on weighted points, best of :data:`N_INIT` k-means++ starts.
-
-    Parameters
-    ----------
-    x : numpy.ndarray
-        ``(m, 3)`` float64 points (colours, 8-bit RGB units).
-    w : numpy.ndarray
-        ``(m,)`` non-negative weights (pixel counts).
-    k : int
-        Number of clusters (≤ m).
-    seed_key : tuple of int
-        Spawn key of the starts' generator ``SeedSequence(seed, spawn_key=seed_key)``.
-    seed : int
-        Master seed.
-
-    Returns
-    -------
-    centroids : numpy.ndarray
-        ``(k, 3)`` float64 (a cluster that lost all its points keeps its last position).
-    inertia : float
-        Weighted sum of squared distances to the nearest centroid.
-    """
-    rng = _rng(seed, *seed_key)
-    best_c, best_in = None, np.inf
-    rows = np.arange(x.shape[0])
-    for _ in range(N_INIT):
-        c = _kmeans_pp(x, w, k, rng)
-        labels = None
-        for _ in range(MAX_ITER):
-            d = _sq_dist(x, c)
-            new = d.argmin(axis=1)
-            if labels is not None and np.array_equal(new, labels):
-                break
-            labels = new
-            cnt = np.bincount(labels, weights=w, minlength=k)
-            sums = np.stack([np.bincount(labels, weights=w * x[:, j], minlength=k)
-                             for j in range(3)], axis=1)
-            full = cnt > 0
-            c[full] = sums[full] / cnt[full, None]
-        inertia = float(np.dot(w, d[rows, labels]))
-        if inertia < best_in:
-            best_c, best_in = c, inertia
-    return best_c, best_in
-
-
-def pairwise_distances(x: np.ndarray) -> np.ndarray:
-    """``(n, n)`` Euclidean distances between the rows of ``x`` (zero diagonal)."""
-    x = np.asarray(x, dtype=np.float64)
-    n = x.shape[0]
-    out, tmp = np.empty((n, n)), np.empty((n, n))  # in place: two n² buffers, no (n, n, 3)
-    for j in range(x.shape[1]):
-        dst = out if j == 0 else tmp
-        np.subtract(x[:, j, None], x[None, :, j], out=dst)
-        np.square(dst, out=dst)
-        if j:
-            out += tmp
-    return np.sqrt(out, out=out)
-
-
-def silhouette(dist: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette coefficient from a precomputed distance matrix.
-
-    ``s_i = (b_i − a_i) / max(a_i, b_i)`` with ``a_i`` the mean distance to the other members of
-    its cluster and ``b_i`` the smallest mean distance to another cluster; 0 for a point alone in
-    its cluster (Rousseeuw 1987; scikit-learn's ``silhouette_score`` definition).  NaN when there
-    are fewer than 2 or more than n − 1 clusters.
-
-    Parameters
-    ----------
-    dist : numpy.ndarray
-        ``(n, n)`` distances (:func:`pairwise_distances`), computed once for every k.
-    labels : numpy.ndarray
-        ``(n,)`` integer cluster labels.
-    """
-    n = dist.shape[0]
-    uniq, lab = np.unique(labels, return_inverse=True)
-    k = uniq.size
-    if k < 2 or k > n - 1:
+    n_lab = np.unique(labels).size
+    if n_lab < 2 or n_lab > dist.shape[0] - 1:
         return float("nan")
-    onehot = np.zeros((n, k))
-    onehot[np.arange(n), lab] = 1.0
-    sums = dist @ onehot  # (n, k) distance sums per cluster
-    cnt = onehot.sum(axis=0)
-    own = cnt[lab]
-    a = sums[np.arange(n), lab] / np.maximum(own - 1, 1)
-    mean_other = sums / cnt
-    mean_other[np.arange(n), lab] = np.inf
-    b = mean_other.min(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        s = np.nan_to_num((b - a) / np.maximum(a, b))
-    s[own == 1] = 0.0
-    return float(s.mean())
+    return float(silhouette_score(dist, labels, metric="precomputed"))
 
 
 def _check_params(n_start, delta, patience, score_batch) -> None:
@@ -398,6 +290,10 @@ def fit_iterative_kmeans(
     ConfigError
         Invalid parameters.
     """
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import pairwise_distances
+    from threadpoolctl import threadpool_limits
+
     _check_params(n_start, delta, patience, score_batch)
     px = np.asarray(pixels)
     if px.ndim != 2 or px.shape[1] != 3:
@@ -423,21 +319,26 @@ def fit_iterative_kmeans(
     n_score = min(int(score_batch), x.shape[0])
     score_idx = np.sort(_rng(seed, _KEY_SILHOUETTE).choice(x.shape[0], n_score, replace=False))
     xs = x[score_idx]
-    dist = pairwise_distances(xs)  # once for every k
+    dist = pairwise_distances(xs)  # once, for the silhouette of every k
 
     best_s, best = -np.inf, None
     scores: dict[int, float] = {}
     misses = 0
-    for k in ks:
-        cen, _ = weighted_kmeans(colours, weights, k, (_KEY_KMEANS, k), seed)
-        s = silhouette(dist, nearest_centroid(xs, cen))
-        scores[k] = s
-        if best is None or (np.isfinite(s) and s > best_s):
-            best, best_s = cen, (s if np.isfinite(s) else -np.inf)
-            continue
-        misses += 1
-        if patience >= 0 and misses > patience:
-            break
+    with threadpool_limits(limits=1):  # OpenMP threads: slow when oversubscribed, tiny inputs
+        for k in ks:
+            rs = int(np.random.SeedSequence(int(seed), spawn_key=(_KEY_KMEANS, k)).generate_state(1)[0])
+            km = KMeans(n_clusters=k, n_init=N_INIT, random_state=rs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ConvergenceWarning on near-degenerate inputs
+                km.fit(colours, sample_weight=weights)
+            s = _silhouette(dist, nearest_centroid(xs, km.cluster_centers_))
+            scores[k] = s
+            if best is None or (np.isfinite(s) and s > best_s):
+                best, best_s = km.cluster_centers_, (s if np.isfinite(s) else -np.inf)
+                continue
+            misses += 1
+            if patience >= 0 and misses > patience:
+                break
     centroids = np.asarray(best, dtype=np.float64)
     labels = nearest_centroid(x, centroids)
     # drop empty clusters (possible on tiny inputs), then mean colour of the members

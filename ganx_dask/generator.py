@@ -38,8 +38,8 @@ from .sampling import check_count_model, counts_dtype, sample_cube
 from .seeding import check_seed
 
 #: Version of the cube a given seed and inputs produce (attribute ``format_version``).  1:
-#: ganx-dask ≤ 0.1.0 (scikit-learn MiniBatchKMeans clustering; no attribute); 2: the numpy
-#: histogram k-means of :mod:`ganx_dask.clustering` — other centroids, so other labels and counts.
+#: ganx-dask ≤ 0.1.0 (MiniBatchKMeans on the sampled pixels; no attribute); 2: KMeans on the
+#: weighted colour histogram (:mod:`ganx_dask.clustering`) — other centroids, labels and counts.
 FORMAT_VERSION = 2
 
 __all__ = ["generate", "relative_luminance", "ENGINES", "FORMAT_VERSION"]

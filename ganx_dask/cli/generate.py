@@ -10,7 +10,7 @@ __all__ = ["register", "run", "demo_image_path"]
 
 _DESCRIPTION = """\
 Turn an RGB image (PNG, JPEG, TIFF/BigTIFF; 8/16-bit; alpha = no counts) into a synthetic
-MA-XRF cube: colour clustering (MiniBatchKMeans + silhouette), pigment matching by colour
+MA-XRF cube: colour clustering (k-means + silhouette), pigment matching by colour
 similarity (CIEDE2000 by default), Monte Carlo photon counts per pixel and energy channel,
 streamed to a Zarr v3 store with per-tile seeded random streams (identical bytes on any
 scheduler and chunking for the same --seed).  An existing store is never touched without

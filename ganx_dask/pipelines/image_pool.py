@@ -148,6 +148,9 @@ def run_image(path: str, library, seed: int, gen: Mapping[str, Any], out: str, g
     from ..store import to_zarr
 
     shape = None
+    # a new image's group did not exist when the batch started: if it exists now, an earlier
+    # attempt of this very task wrote it (a worker died, distributed retried): finish it
+    mode = dict(mode) or {"resume": True}
     ctx = synchronous_dask() if synchronous else _nullcontext()
     with ctx:
         try:
