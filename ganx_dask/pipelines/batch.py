@@ -476,7 +476,13 @@ def run_batch(
         else:
             mode = {}
         manifest[name] = rec
-        img_gen, img_library = randomize.image_generation(gen, library, draws[name])
+        try:
+            img_gen, img_library = randomize.image_generation(gen, library, draws[name])
+        except GanxError as exc:
+            rec.update(status="failed", error=str(exc))
+            report.failed.append(name)
+            log.warning("%s: %s", path, exc)
+            continue
         jobs.append(ImageJob(name, str(path), img_seed, mode, gen=img_gen,
                              library=None if img_library is library else img_library,
                              attrs={"randomized": draws[name]} if draws[name] else None))
@@ -498,7 +504,7 @@ def _generate_images(jobs: list, out: str, library, gen: dict[str, Any],
 
     from .image_pool import run_images
 
-    order = {job.name: i for i, job in enumerate(jobs)}
+    order = {name: i for i, name in enumerate(manifest)}
     last = [time.monotonic()]
 
     def on_result(job, shape, error) -> None:

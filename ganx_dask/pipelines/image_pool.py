@@ -57,12 +57,26 @@ class ImageJob:
     mode : dict
         Keyword arguments of :func:`ganx_dask.store.to_zarr`: ``{}``, ``{"resume": True}`` or
         ``{"overwrite": True}``.
+    gen : dict or None
+        This image's generation options (e.g. with randomised draws); ``None``: the batch's.
+    library : PigmentLibrary or None
+        This image's library (e.g. a drawn palette); ``None``: the batch's.
+    attrs : dict or None
+        Extra dataset attributes (e.g. ``randomized``: the image's draws).
     """
 
     name: str
     path: str
     seed: int
     mode: dict = field(default_factory=dict)
+    gen: dict | None = None
+    library: Any = None
+    attrs: dict | None = None
+
+    def options(self, gen: Mapping[str, Any], library) -> tuple[Mapping[str, Any], Any]:
+        """``(generation options, library)`` of this image, given the batch's."""
+        return (self.gen if self.gen is not None else gen,
+                self.library if self.library is not None else library)
 
 
 #: ``on_result(job, shape, error)``: shape ``[y, x]`` (pixels) or None; error message or None.
@@ -132,7 +146,8 @@ class _SpectraMemo(PigmentLibrary):
 
 
 def run_image(path: str, library, seed: int, gen: Mapping[str, Any], out: str, group: str,
-              mode: Mapping[str, Any], synchronous: bool = True,
+              mode: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
+              synchronous: bool = True,
               progress: bool = False) -> tuple[list[int] | None, str | None]:
     """Generate one image into ``group`` of ``out`` (a task: module level, pickles by name).
 
@@ -155,6 +170,7 @@ def run_image(path: str, library, seed: int, gen: Mapping[str, Any], out: str, g
     with ctx:
         try:
             ds = generate(str(path), library, seed=seed, **gen)
+            ds.attrs.update(attrs or {})
             shape = [int(ds.sizes["y"]), int(ds.sizes["x"])]
             to_zarr(ds, out, group=group, progress=progress, **mode)
         except GanxError as exc:
@@ -293,15 +309,17 @@ def run_images(jobs: Sequence[ImageJob], out: str, library, gen: Mapping[str, An
     pool = _pool()
     if pool is None:
         for job in jobs:
-            on_result(job, *run_image(job.path, library, job.seed, gen, out, job.name, job.mode,
-                                      synchronous=False, progress=progress))
+            job_gen, job_lib = job.options(gen, library)
+            on_result(job, *run_image(job.path, job_lib, job.seed, job_gen, out, job.name,
+                                      job.mode, job.attrs, synchronous=False,
+                                      progress=progress))
         return
-    chunks = int(gen.get("chunks", 256))
-    whole_max = WHOLE_IMAGE_REGIONS * chunks * chunks
     small, large = [], []
     for job in jobs:
+        chunks = int(job.options(gen, library)[0].get("chunks", 256))
         px = image_pixels(job.path)
-        (small if px is not None and px <= whole_max else large).append(job)
+        whole = px is not None and px <= WHOLE_IMAGE_REGIONS * chunks * chunks
+        (small if whole else large).append(job)
     pending: dict[Any, tuple[str, Any]] = {}
     total, finished = len(jobs), [0]
 
@@ -330,7 +348,9 @@ def run_images(jobs: Sequence[ImageJob], out: str, library, gen: Mapping[str, An
     try:
         lib = pool.share(library)
         for job in small:
-            fut = pool.submit(run_image, job.path, lib, job.seed, gen, out, job.name, job.mode)
+            job_gen, job_lib = job.options(gen, lib)
+            fut = pool.submit(run_image, job.path, job_lib, job.seed, job_gen, out, job.name,
+                              job.mode, job.attrs)
             pending[fut] = ("image", job)
         for job in large:
             collect([f for f in list(pending) if f.done()])
@@ -349,8 +369,10 @@ def _queue_regions(pool, job: ImageJob, out: str, library, gen, pending: dict,
     from ..store import finish_write, plan_write
 
     shape = None
+    job_gen, job_lib = job.options(gen, library)
     try:
-        ds = generate(job.path, library, seed=job.seed, **gen)
+        ds = generate(job.path, job_lib, seed=job.seed, **job_gen)
+        ds.attrs.update(job.attrs or {})
         shape = [int(ds.sizes["y"]), int(ds.sizes["x"])]
         plan = plan_write(ds, out, group=job.name, **job.mode)
     except GanxError as exc:
