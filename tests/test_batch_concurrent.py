@@ -2,7 +2,6 @@
 
 import shutil
 import threading
-from pathlib import Path
 
 import dask
 import numpy as np
@@ -15,6 +14,8 @@ from ganx_dask import generate, to_zarr
 from ganx_dask.pipelines.batch import read_manifest, run_batch
 from ganx_dask.pipelines.image_pool import WHOLE_IMAGE_REGIONS, image_pixels, synchronous_dask
 from ganx_dask.store import RECORD, is_complete
+
+from .test_batch import _files  # every file of a group but the metadata (creation times)
 
 GEN = {"energy": "0.5:38.5:128", "counts": 50, "chunks": 64, "n_start": 3, "delta": 1,
        "fit_samples": 2000, "score_batch": 256}
@@ -36,13 +37,6 @@ def folder(tmp_path_factory):
         Image.fromarray(_painting(h, w, i)).save(d / f"{name}.png")
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     return d
-
-
-def _chunks(store: Path, group: str) -> dict[str, bytes]:
-    """Every file of a group except the metadata documents (they hold a creation time)."""
-    g = store / group
-    return {str(p.relative_to(g)): p.read_bytes() for p in sorted(g.rglob("*"))
-            if p.is_file() and p.name != "zarr.json"}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +66,7 @@ def test_concurrent_threads_give_the_sequential_bytes_and_manifest(folder, seque
     assert report.failed == seq_report.failed == ["broken"]
     for name in names:
         assert is_complete(out, group=name)
-        assert _chunks(out, name) == _chunks(seq, name), name
+        assert _files(out, name) == _files(seq, name), name
     # same records, same order (input order), whatever the completion order
     assert read_manifest(out) == read_manifest(seq)
     assert dask.config.get("scheduler", None) is None  # the batch restored the setting
@@ -95,7 +89,7 @@ def test_rerun_skips_and_resume_finishes_an_interrupted_group(folder, sequential
     assert report.skipped_complete == ["a", "b", "d"]
     assert report.generated == [] and report.failed == ["broken"]
     for name in SIZES:
-        assert _chunks(out, name) == _chunks(seq, name), name
+        assert _files(out, name) == _files(seq, name), name
     big = zarr.open_group(str(out / "big"), mode="r").attrs["resumed"]
     assert [r["regions_computed"] for r in big] == [2]
     assert {r["name"]: r["status"] for r in read_manifest(out)} == {
@@ -117,7 +111,7 @@ def test_batch_on_a_two_worker_local_cluster_gives_the_sequential_bytes(folder, 
         report = run_batch([folder], out, {"seed": 3, "generation": GEN})
     assert report.generated == seq_report.generated and report.failed == ["broken"]
     for name in SIZES:
-        assert _chunks(out, name) == _chunks(seq, name), name
+        assert _files(out, name) == _files(seq, name), name
     assert read_manifest(out) == read_manifest(seq)
 
 
