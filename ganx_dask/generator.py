@@ -225,7 +225,7 @@ def generate(
     library=None,
     *,
     seed: int,
-    energy="0.5:38.5:1024",
+    energy=None,
     counts: float = 400,
     count_model: str = "fixed",
     luminosity=None,
@@ -247,6 +247,7 @@ def generate(
     engine: str = "auto",
     detector=None,
     pixel_size: float | None = None,
+    calibration=None,
 ) -> xr.Dataset:
     """Build the lazy synthetic MA-XRF dataset of an image.
 
@@ -259,8 +260,9 @@ def generate(
         :func:`ganx_dask.pigments.formats.load_library`, our JSON or a ganX database).
     seed : int
         Master seed (≥ 0).  Same seed ⇒ identical counts on any scheduler and chunking.
-    energy : str, EnergyAxis or array-like
-        Energy axis, ``"START:STOP:N"`` (keV, keV, channels), or bin centres in keV.
+    energy : str, EnergyAxis or array-like, optional
+        Energy axis, ``"START:STOP:N"`` (keV, keV, channels), or bin centres in keV.  Default
+        ``"0.5:38.5:1024"``, or the calibrated scan axis with ``calibration``.
     counts : float
         Photons per pixel ``N`` (``fixed``: exactly N; ``poisson``: mean N; ``luminosity``: mean
         ``N · factor``), counts.
@@ -305,6 +307,13 @@ def generate(
     pixel_size : float, optional
         Physical size of one pixel, mm (the scan step); recorded on the ``y``/``x`` coordinates
         (``pixel_size``, ``pixel_size_units``) and in ``parameters``.  Does not change the counts.
+    calibration : Calibration or path, optional
+        A :class:`~ganx_dask.calibration.Calibration` (or its JSON file): cluster abundances,
+        background and incident counts per pixel come from its colour model (count model
+        ``luminosity`` with per-cluster counts; ``counts``/``count_model`` are ignored);
+        colours outside its gamut fall back to the matching parameters and are listed in
+        ``attrs["parameters"]["calibration"]``.  Instrument, detector effects and energy axis
+        come from the calibration unless given.
 
     Returns
     -------
@@ -322,6 +331,16 @@ def generate(
         ``ImageError`` (unreadable or unusable image, e.g. 1×1), ``EnergyAxisError``,
         ``ConfigError`` (bad parameter, named), ``PigmentError`` (bad library).
     """
+    from .calibration import as_calibration
+
+    cal = as_calibration(calibration)
+    if energy is None:
+        energy = cal.energy_axis if cal is not None else "0.5:38.5:1024"
+    if cal is not None:
+        if luminosity is not None:
+            raise ConfigError("a luminosity map cannot be combined with a calibration (the "
+                              "calibration models the counts per pixel)")
+        count_model = "luminosity"
     params = dict(
         seed=seed, energy=energy, counts=counts, count_model=count_model, luminosity=luminosity,
         threshold=threshold, similarity=similarity, mode=canonical_mode(mode), margin=margin,
@@ -337,9 +356,13 @@ def generate(
         raise ConfigError(f"pixel_size must be a positive number of mm, got {pixel_size!r}")
     from .detector import live_time_map
 
-    fx = _check_detector(detector, count_model)
+    fx = (_check_detector(detector, count_model) if (detector is not None or cal is None)
+          else cal.detector)
 
     lib = _resolve_library(library)
+    if cal is not None:
+        cal.check_library(lib)
+        instrument = cal.instrument if instrument is None else instrument
     img, opaque = read_image(image, chunks=chunks, return_alpha=True)
     where = img.attrs.get("source", "image")
     ny, nx = int(img.sizes["y"]), int(img.sizes["x"])
@@ -360,14 +383,21 @@ def generate(
     except ImageError as exc:
         raise ImageError(f"{where}: {exc}") from None
     labels = predict_labels(img, model, opaque)
-    abundance, spectrum = cluster_distributions(
-        model.cluster_rgb, lib_rgb, lib_spectra, threshold=threshold, similarity=similarity,
-        mode=mode, margin=margin, max_pigments=max_pigments, lightness_factor=lightness_factor,
-    )
+    match = dict(threshold=threshold, similarity=similarity, mode=mode, margin=margin,
+                 max_pigments=max_pigments, lightness_factor=lightness_factor)
+    scale, scale_max, map_record, cal_report = None, 1.0, None, None
+    if cal is not None:
+        from .calibration import calibrated_cluster_inputs
+
+        abundance, spectrum, counts, scale, cal_report = calibrated_cluster_inputs(
+            cal, model.cluster_rgb, labels.data, lib, lib_spectra,
+            ax if isinstance(ax, EnergyAxis) else _centres(energy), instrument, **match)
+    else:
+        abundance, spectrum = cluster_distributions(model.cluster_rgb, lib_rgb, lib_spectra,
+                                                    **match)
 
     # -- Monte Carlo cube ---------------------------------------------------------------------
-    scale, scale_max, map_record = None, 1.0, None
-    if count_model == "luminosity":
+    if count_model == "luminosity" and cal is None:
         scale, scale_max, map_record = _luminosity_scale(luminosity, img, chunks)
     dtype = counts_dtype(count_model, counts, scale_max=scale_max)
     cube = sample_cube(labels.data, spectrum.values, seed=int(seed), counts=counts,
@@ -423,6 +453,9 @@ def generate(
         recorded["luminosity"] = "relative luminance Y of linearised sRGB (D65)"
     if map_record is not None:
         recorded["luminosity_map"] = map_record
+    if cal_report is not None:
+        recorded["luminosity"] = "calibrated counts per cluster"
+        recorded["calibration"] = cal_report
     inst_dict = _instrument_dict(instrument, lib)
     det_dict = None if fx is None else fx.to_dict()
     recorded["instrument"] = (None if instrument is None
