@@ -178,8 +178,9 @@ def test_pileup_spectrum_matches_two_photon_sums():
     assert y[41] == pytest.approx(0.81 * 0.1 * 2 * 300 * 100 / 400)
     assert y[61] == pytest.approx(0.81 * 0.1 * 100 * 100 / 400)
     assert y[31] == pytest.approx(0.81 * 0.01 * 300**3 / 400**2)  # 3 × 1.05 keV
-    # recorded events: photons × (1 − p) (chains of up to 3 photons kept)
-    assert y.sum() == pytest.approx(400 * 0.9, rel=1e-3)
+    # recorded events: photons × (1 − p)² (1 + p + p²) (chains of up to 3 photons) ≈ × (1 − p)
+    assert y.sum() == pytest.approx(400 * 0.81 * 1.11)
+    assert y.sum() == pytest.approx(400 * 0.9, rel=0.1**3 / 0.9 + 1e-9)
 
 
 # ----------------------------------------------------------------------------- bad input
