@@ -44,6 +44,8 @@ FORMAT_VERSION = 2
 
 __all__ = ["generate", "relative_luminance", "ENGINES", "FORMAT_VERSION"]
 
+#: The default energy axis (keV, keV, channels).
+DEFAULT_ENERGY = "0.5:38.5:1024"
 #: Sampler engines (see :mod:`ganx_dask.sampling`).
 ENGINES = ("auto", "numpy", "numba")
 
@@ -225,7 +227,7 @@ def generate(
     library=None,
     *,
     seed: int,
-    energy=None,
+    energy=DEFAULT_ENERGY,
     counts: float = 400,
     count_model: str = "fixed",
     luminosity=None,
@@ -260,9 +262,9 @@ def generate(
         :func:`ganx_dask.pigments.formats.load_library`, our JSON or a ganX database).
     seed : int
         Master seed (≥ 0).  Same seed ⇒ identical counts on any scheduler and chunking.
-    energy : str, EnergyAxis or array-like, optional
-        Energy axis, ``"START:STOP:N"`` (keV, keV, channels), or bin centres in keV.  Default
-        ``"0.5:38.5:1024"``, or the calibrated scan axis with ``calibration``.
+    energy : str, EnergyAxis or array-like
+        Energy axis, ``"START:STOP:N"`` (keV, keV, channels), or bin centres in keV.  With a
+        ``calibration``, the default (``DEFAULT_ENERGY``) means the calibrated scan axis.
     counts : float
         Photons per pixel ``N`` (``fixed``: exactly N; ``poisson``: mean N; ``luminosity``: mean
         ``N · factor``), counts.
@@ -334,8 +336,8 @@ def generate(
     from .calibration import as_calibration
 
     cal = as_calibration(calibration)
-    if energy is None:
-        energy = cal.energy_axis if cal is not None else "0.5:38.5:1024"
+    if cal is not None and isinstance(energy, str) and energy == DEFAULT_ENERGY:
+        energy = cal.energy_axis
     if cal is not None:
         if luminosity is not None:
             raise ConfigError("a luminosity map cannot be combined with a calibration (the "

@@ -236,3 +236,43 @@ def test_backgrounds_are_named_and_normalised(truth):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert spec[0, 100] == pytest.approx(spec[0, 600], rel=0.01)  # flat shelf
+
+
+def test_cli_calibrate_then_generate_batch(scan, image, lib, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    from ganx_dask.cli import main
+    from ganx_dask.pigments.formats import write_library
+    from ganx_dask.store import open_cube
+
+    npz = tmp_path / "scan.npz"
+    np.savez(npz, img=scan.values, energy=scan.energy.values)
+    photo = tmp_path / "photo.png"
+    iio.imwrite(photo, image)
+    libfile = tmp_path / "lib.json"
+    write_library(lib, libfile)
+    out = tmp_path / "cal.json"
+    # a photo of another size: one-line error naming the file, nothing written
+    small = tmp_path / "small.png"
+    iio.imwrite(small, image[:10])
+    assert main(["calibrate", str(npz), "--rgb", str(small), "-o", str(out)]) == 1
+    assert "small.png: photo is 10x96" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["calibrate", str(npz), "--rgb", str(photo), "-o", str(out), "--library",
+                 str(libfile), "--instrument", "lab-rh", "--plot", str(tmp_path / "fit.png"),
+                 "--groups", str(len(RGB))]) == 0
+    assert "wrote" in capsys.readouterr().out
+    cal = Calibration.from_json(out)
+    assert cal.energy["gain"] == pytest.approx(AXIS.width, rel=0.002)
+    assert (tmp_path / "fit.png").exists()
+    store = tmp_path / "gen.zarr"
+    assert main(["generate", str(photo), "-o", str(store), "--calibration", str(out),
+                 "--library", str(libfile), "--n-start", str(len(RGB)), "--delta", "0",
+                 "--no-progress"]) == 0
+    ds = open_cube(store)
+    assert ds.attrs["parameters"]["calibration"]["out_of_gamut"] == []
+    assert ds.attrs["instrument"]["fano"] == pytest.approx(cal.instrument.fano)
+    assert int(ds.counts.sum()) == pytest.approx(float(scan.sum()), rel=0.02)
+    bstore = tmp_path / "batch.zarr"
+    assert main(["batch", str(photo), "-o", str(bstore), "--calibration", str(out),
+                 "--library", str(libfile), "--n-start", str(len(RGB)), "--delta", "0"]) == 0

@@ -18,7 +18,7 @@ from ..errors import GanxError
 __all__ = ["main", "console_main", "build_parser"]
 
 #: Modules (in ``ganx_dask.cli``) that contribute sub-commands, in help order.
-COMMAND_MODULES = ("generate", "pigments", "analysis", "export", "pipelines")
+COMMAND_MODULES = ("generate", "calibrate", "pigments", "analysis", "export", "pipelines")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -87,6 +87,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--blur-fwhm-px", type=float, metavar="PX",
                    help="beam-spot blur: FWHM of the Gaussian spot, pixels (0 = off)")
     g = p.add_argument_group("pigments and matching")
+    g.add_argument("--calibration", metavar="CAL.json",
+                   help="a calibration from `ganx-dask calibrate`: abundances, background and "
+                        "counts per pixel from its colour model; instrument, detector and energy "
+                        "axis from the calibration unless given (--counts/--count-model ignored)")
     g.add_argument("--library", metavar="FILE",
                    help="pigment library JSON (ganx-dask format or a ganX database); "
                         "default: the bundled library")
@@ -214,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
     counts = int(args.counts) if float(args.counts).is_integer() else args.counts
     from ..detector import detector_from_options
 
+    # no detector option: None, and with --calibration the calibration's detector effects
     detector = detector_from_options(
         args.detector_preset, pulse_pair_ns=args.pulse_pair_ns, input_rate_cps=args.pileup_rate,
         dead_time_model=args.dead_time_model, dead_time_us=args.dead_time_us,
@@ -230,12 +235,14 @@ def run(args: argparse.Namespace) -> int:
             chunks=args.chunk, tile=args.tile, instrument=args.instrument,
             include_rgb=not args.no_rgb, engine=args.engine, detector=detector,
             pixel_size=args.pixel_size,
+            calibration=args.calibration,
         )
         out = to_zarr(ds, args.output, overwrite=args.overwrite, resume=args.resume,
                       progress=not args.no_progress)
     print(
         f"wrote {out}: {ds.sizes['y']}x{ds.sizes['x']} px x {ds.sizes['energy']} channels, "
         f"{ds.sizes['cluster']} clusters, {len(ds.pigment)} pigments, "
-        f"{args.count_model} {counts:g} counts/pixel, seed {args.seed}"
+        + (f"calibrated counts/pixel ({args.calibration}), " if args.calibration else
+           f"{args.count_model} {counts:g} counts/pixel, ") + f"seed {args.seed}"
     )
     return 0

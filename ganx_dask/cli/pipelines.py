@@ -51,7 +51,8 @@ def _generation_overrides(args: argparse.Namespace, keys: list[str]) -> dict:
             val = yaml.safe_load(raw)  # "400" -> 400, "0.2" -> 0.2, "true" -> True
         except yaml.YAMLError:
             val = raw
-        if key in ("energy", "library", "similarity", "count_model", "mode", "engine", "pigments"):
+        if key in ("energy", "library", "similarity", "count_model", "mode", "engine", "pigments",
+                   "calibration"):
             val = raw  # strings, even when they look like numbers
         out[key] = val
     return out
