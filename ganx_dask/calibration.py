@@ -61,7 +61,7 @@ __all__ = ["Calibration", "ColourModel", "calibrate", "background_components",
            "pileup_spectrum", "BACKGROUNDS"]
 
 #: Background components (see :func:`background_components`).
-BACKGROUNDS = ("flat", "scatter")
+BACKGROUNDS = ("flat", "rayleigh", "compton")
 #: Detector-response parameters fitted in step 2 (Instrument field names), then pile-up.
 _DET_FIELDS = ("noise_fwhm_kev", "fano", "tail_fraction", "tail_slope_sigma", "shelf_fraction")
 _FORMAT = "ganx-dask-calibration"
@@ -141,9 +141,10 @@ def background_components(instrument, e_top_kev: float | None = None) -> dict:
         A flat shelf of unit area from 0 keV to ``e_top_kev`` (default: the tube voltage or the
         monochromatic energy): incomplete charge collection of all photons, electronic
         background, scatter from the scanner itself.
-    ``"scatter"``
-        The tube spectrum (lines and continuum) Rayleigh- and Compton-scattered by an infinitely
-        thick cellulose matrix (C6H10O5, 1.5 g/cm³): the scatter of the binder/support.
+    ``"rayleigh"``, ``"compton"``
+        The source lines Rayleigh- resp. Compton-scattered by an infinitely thick cellulose
+        matrix (C6H10O5, 1.5 g/cm³), the scattered tube continuum split likewise: the scatter
+        of the binder/support.  Separate, because their ratio depends on the matrix.
 
     Parameters
     ----------
@@ -161,13 +162,33 @@ def background_components(instrument, e_top_kev: float | None = None) -> dict:
     matrix = Pigment(name="cellulose matrix", rgb=(255, 255, 255),
                      composition={"C6H10O5": 1.0}, density=1.5)
     c = compute_components(matrix, inst)
-    keep = np.array([("Rayleigh" in s or "Compton" in s) for s in c.line_label], dtype=bool)
-    scatter = SpectrumComponents(
-        line_energy=c.line_energy[keep], line_intensity=c.line_intensity[keep],
-        line_label=tuple(s for s, k in zip(c.line_label, keep, strict=True) if k),
-        line_width=c.line_width[keep], box_lo=c.box_lo, box_hi=c.box_hi,
-        box_intensity=c.box_intensity, instrument=inst)
-    return {"flat": flat, "scatter": scatter}
+    out = {"flat": flat}
+    # continuum boxes: the first half of the grid is Rayleigh, the second Compton (physics);
+    # boxes of zero intensity are dropped there, so split at the boxes' own energy order
+    nb = c.box_lo.size
+    ray_box = np.zeros(nb, bool)
+    if nb:
+        t = _tube_boxes(inst)
+        ray_box = np.isin(np.round(c.box_lo, 9), np.round(t, 9)) if t is not None else ray_box
+    for kind, boxes in (("rayleigh", ray_box), ("compton", ~ray_box)):
+        keep = np.array([kind.capitalize() in s for s in c.line_label], dtype=bool)
+        out[kind] = SpectrumComponents(
+            line_energy=c.line_energy[keep], line_intensity=c.line_intensity[keep],
+            line_label=tuple(s for s, k in zip(c.line_label, keep, strict=True) if k),
+            line_width=c.line_width[keep], box_lo=c.box_lo[boxes], box_hi=c.box_hi[boxes],
+            box_intensity=c.box_intensity[boxes], instrument=inst)
+    return out
+
+
+def _tube_boxes(inst) -> np.ndarray | None:
+    """Lower edges of the unscattered source continuum boxes, keV (None: no continuum)."""
+    from .pigments.physics import source_spectrum
+
+    try:
+        t = source_spectrum(inst)
+    except GanxError:
+        return None
+    return np.asarray(t.box_lo, float)
 
 
 def _source_energy(inst) -> float:
@@ -206,8 +227,23 @@ class _Basis:
                 line_energy=[], line_intensity=[], line_label=(), line_width=[],
                 box_lo=c.box_lo, box_hi=c.box_hi, box_intensity=c.box_intensity,
                 instrument=c.instrument))
+        self._compton = [np.array(["Compton" in s for s in c.line_label], dtype=bool)
+                         for c in self.lines]
         self._fine_edges = None
         self._cdf = None
+
+    def _scaled_lines(self, scale: float) -> list:
+        """Line components with the Compton Doppler widths scaled by ``scale``."""
+        from dataclasses import replace as dc_replace
+
+        if scale == 1.0:
+            return self.lines
+        out = []
+        for c, m in zip(self.lines, self._compton, strict=True):
+            if m.any():
+                c = dc_replace(c, line_width=np.where(m, c.line_width * scale, c.line_width))
+            out.append(c)
+        return out
 
     def prepare(self, inst, lo: float, hi: float, step: float) -> None:
         from .pigments.physics import render_many
@@ -219,14 +255,15 @@ class _Basis:
         self._fine_edges = fe
         self._cdf = np.concatenate([np.zeros((len(self.cont), 1)), np.cumsum(cont, axis=1)], axis=1)
 
-    def render(self, edges: np.ndarray, inst, full: bool = False) -> np.ndarray:
+    def render(self, edges: np.ndarray, inst, full: bool = False,
+               compton_scale: float = 1.0) -> np.ndarray:
         """``(B, E)`` rows normalised to sum 1 on ``edges`` (zero rows stay zero)."""
         from .pigments.physics import render_many
 
         if full:
             rows = render_many(self.full, edges, inst)
         else:
-            rows = render_many(self.lines, edges, inst)
+            rows = render_many(self._scaled_lines(float(compton_scale)), edges, inst)
             cdf = np.stack([np.interp(edges, self._fine_edges, c) for c in self._cdf])
             rows = rows + np.maximum(np.diff(cdf, axis=1), 0.0)
         tot = rows.sum(axis=1, keepdims=True)
@@ -596,12 +633,14 @@ class Calibration:
             pos = data[data > 0]
             ax.set_ylim(max(pos.min() * 0.5, 0.5) if pos.size else 0.5, data.max() * 2)
         ax.set_ylabel("counts per channel")
-        m = s.get("metrics", {})
-        ax.set_title(f"calibration fit: cosine distance {m.get('cosine', float('nan')):.4g}, "
-                     f"JS {m.get('jensen_shannon', float('nan')):.4g}")
+        met = s.get("metrics", {})
+        ax.set_title(f"calibration fit: cosine distance {met.get('cosine', float('nan')):.4g}, "
+                     f"JS {met.get('jensen_shannon', float('nan')):.4g}")
         ax.legend(fontsize=8)
+        lo, hi = self.diagnostics.get("fit_range_kev", [e[0], e[-1]])
+        m = (e >= lo) & (e <= hi)
         res = (data - fit) / np.sqrt(np.maximum(fit, 1.0))
-        axr.plot(e, res, color="C0", lw=0.6)
+        axr.plot(e[m], res[m], color="C0", lw=0.6)
         axr.axhline(0, color="0.5", lw=0.5)
         axr.set_ylabel("(data − fit)/√fit")
         axr.set_xlabel("energy (keV)")
@@ -765,14 +804,6 @@ def _nnls_weighted(h: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return x / scale
 
 
-@dataclass
-class _FitData:
-    y: np.ndarray          # (G, E) group sum spectra (recorded)
-    npix: np.ndarray       # (G,)
-    sel: np.ndarray        # (E,) bool, channels in the fit range
-    w: np.ndarray          # (G, E) weights 1/sqrt(y + 1)
-
-
 def _group_model(h: np.ndarray, y: np.ndarray, w: np.ndarray, sel: np.ndarray, p: float,
                  edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """NNLS coefficients (incident photons per basis row) and the recorded model of one group."""
@@ -904,6 +935,7 @@ def calibrate(
     gamut_de: float = 12.0,
     bandwidth_de: float | None = None,
     max_nfev: int = 60,
+    systematic: float = 0.005,
     energy=None,
     gain: float | None = None,
     offset: float | None = None,
@@ -946,6 +978,10 @@ def calibrate(
         median nearest-group distance, clipped to 1–5).
     max_nfev : int
         Function evaluations per nonlinear fit round.
+    systematic : float
+        Relative model uncertainty added to the Poisson variance of each channel
+        (``σ² = y + 1 + (systematic·y)²``), so the strongest peaks do not decide the detector
+        response alone.
     energy, gain, offset
         Energy calibration for a scan file without one (see :mod:`ganx_dask.readers`).
     check_lines : bool
@@ -1024,7 +1060,7 @@ def calibrate(
     sel = (centres >= lo) & (centres <= hi)
     if sel.sum() < 16:
         raise ConfigError(f"fit_range {lo}-{hi} keV holds {sel.sum()} channels of {where}")
-    w_all = 1.0 / np.sqrt(y_all + 1.0)
+    w_all = 1.0 / np.sqrt(y_all + 1.0 + (float(systematic) * y_all) ** 2)
 
     # -- basis: library pigments + background ---------------------------------------------------
     ref = as_instrument(lib.instrument)
@@ -1058,9 +1094,12 @@ def calibrate(
     rec_pp = mean_tot  # recorded counts per pixel per group
     lam_ref = float(np.average(rec_pp, weights=npix))
     tau_ns = det0.pulse_pair_ns if (det0 is not None and det0.pulse_pair_ns > 0) else 300.0
-    v0 = np.array([gain_, off_] + [getattr(inst0, f) for f in _DET_FIELDS] + [0.0])
-    lb = np.array([0.95 * gain_, off_ - 0.2, 0.005, 0.03, 0.0, 0.2, 0.0, 0.0])
-    ub = np.array([1.05 * gain_, off_ + 0.2, 0.5, 0.4, 0.5, 20.0, 0.5, 0.45 if pileup else 1e-12])
+    # θ = gain, offset, noise, Fano, tail fraction, tail slope, shelf, pile-up p_ref, Compton
+    # width scale
+    v0 = np.array([gain_, off_] + [getattr(inst0, f) for f in _DET_FIELDS] + [0.0, 1.0])
+    lb = np.array([0.95 * gain_, off_ - 0.2, 0.005, 0.03, 0.0, 0.2, 0.0, 0.0, 0.2])
+    ub = np.array([1.05 * gain_, off_ + 0.2, 0.5, 0.4, 0.5, 20.0, 0.5, 0.45 if pileup else 1e-12,
+                   4.0])
     v0 = np.clip(v0, lb, ub)
     v0[5] = np.clip(v0[5], 0.25, 19.0)
     fit_pileup = pileup and ne > 1
@@ -1068,6 +1107,7 @@ def calibrate(
     def inst_of(v):
         kw = dict(zip(_DET_FIELDS, (float(t) for t in v[2:7]), strict=True))
         kw["tail_fraction"] = min(kw["tail_fraction"], 0.99 - kw["shelf_fraction"])
+        kw["compton_profile_au"] = inst_cur.compton_profile_au * float(v[8])
         return inst_cur.replace(**kw)
 
     def probs(v):
@@ -1077,7 +1117,7 @@ def calibrate(
 
     def residuals(v, basis_, rows=None):
         edg = _edges(v[0], v[1], ne)
-        h = basis_.render(edg, inst_of(v))
+        h = basis_.render(edg, inst_of(v), compton_scale=float(v[8]))
         p, _, _ = probs(v)
         out = []
         for k in range(y_all.shape[0]):
@@ -1105,13 +1145,14 @@ def calibrate(
         sub, _ = make_basis(inst_cur, sub_names)
         sub.prepare(inst_of(v), max(0.0, edg[0] - 1.0), edg[-1] + 1.0, v[0] / 4)
         r = least_squares(residuals, v, bounds=(lb, ub), args=(sub,), x_scale=np.abs(
-            np.array([gain_ * 1e-3, 0.01, 0.01, 0.01, 0.01, 0.5, 0.002, 0.01])) + 1e-12,
+            np.array([gain_ * 1e-3, 0.01, 0.01, 0.01, 0.01, 0.5, 0.002, 0.01, 0.1])) + 1e-12,
             diff_step=1e-4, max_nfev=max_nfev, method="trf")
         v = r.x
         nfev += int(r.nfev)
         if fit_source and rnd == 0:
             inst_cur, kv_report = _fit_kv(inst_of(v), kv_grid, lib, sub_names, residuals, v,
                                           make_basis)
+            v[8] = 1.0  # the Compton width is now in inst_cur
             basis, bgc = make_basis(inst_cur, all_names)
     inst_fit = inst_of(v)
     p, lam, kappa = probs(v)
@@ -1176,6 +1217,7 @@ def calibrate(
                         **{f: getattr(inst0, f) for f in _DET_FIELDS}},
             "fitted": {"gain": float(v[0]), "offset": float(v[1]),
                        **{f: getattr(inst_fit, f) for f in _DET_FIELDS},
+                       "compton_profile_au": inst_fit.compton_profile_au,
                        "pileup_link_probability_at_mean_counts": float(v[7]),
                        "kappa_per_count": float(kappa)},
             "nfev": nfev,

@@ -52,7 +52,7 @@ def _truth(lib) -> Calibration:
         for k, v in d.items():
             ab[i, NAMES.index(k)] = v
     colour = ColourModel(
-        rgb=RGB, pigments=list(NAMES), abundance=ab, background=np.tile([0.1, 0.05], (6, 1)),
+        rgb=RGB, pigments=list(NAMES), abundance=ab, background=np.tile([0.1, 0.03, 0.02], (6, 1)),
         counts=np.array([2000, 1500, 1800, 1200, 1600, 1400.0]), counts_spread=np.zeros(6),
         pixels=np.ones(6, int), bandwidth_de=2.0, gamut_de=10.0)
     return Calibration(
