@@ -1000,11 +1000,11 @@ def calibrate(
 
     from .clustering import fit_iterative_kmeans, predict_labels, subsample_pixels
     from .detector import DetectorEffects, as_detector
-    from .generator import _resolve_library
     from .metrics import cosine, jensen_shannon
+    from .pigments.library import resolve_library
     from .pigments.physics import as_instrument, pigment_components
 
-    lib = _resolve_library(library)
+    lib = resolve_library(library)
     inst0 = as_instrument(instrument if instrument is not None else lib.instrument)
     det0 = as_detector(detector)
     cube, where = _open_scan(scan, {"energy": energy, "gain": gain, "offset": offset})
@@ -1102,7 +1102,7 @@ def calibrate(
                    4.0])
     v0 = np.clip(v0, lb, ub)
     v0[5] = np.clip(v0[5], 0.25, 19.0)
-    fit_pileup = pileup and ne > 1
+    fit_pileup = bool(pileup)
 
     def inst_of(v):
         kw = dict(zip(_DET_FIELDS, (float(t) for t in v[2:7]), strict=True))
@@ -1270,7 +1270,6 @@ def _fit_kv(inst, kv_grid, lib, names, residuals, v, make_basis):
 def _check_unexplained(y: np.ndarray, fit: np.ndarray, sel: np.ndarray, *, centres, inst, where,
                        lib) -> None:
     """PigmentError when strong peaks of the scan are left in the residual of the best fit."""
-    from .analysis import line_energy  # noqa: F401  (keeps analysis' element tables loaded)
     from .pigments.physics import fwhm_kev
 
     res = np.where(sel, y - fit, 0.0)

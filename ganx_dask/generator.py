@@ -134,31 +134,16 @@ def _check_detector(detector, count_model: str):
     return fx
 
 
+def _resolve_library(library):
+    """:func:`ganx_dask.pigments.library.resolve_library` (imported lazily: pigments is heavy)."""
+    from .pigments.library import resolve_library
+
+    return resolve_library(library)
+
+
 def _centres(energy) -> np.ndarray:
     """Bin centres (keV) of an array-like energy specification."""
     return np.asarray(energy.values if isinstance(energy, xr.DataArray) else energy, dtype=float)
-
-
-def _resolve_library(library):
-    from .pigments import PigmentLibrary
-
-    if library is None:
-        try:
-            from .pigments import default_library
-        except ImportError as exc:  # pragma: no cover - bundled library missing
-            raise PigmentError(f"the default pigment library is not available: {exc}") from None
-        return default_library()
-    if isinstance(library, (str, os.PathLike)):
-        from .pigments.formats import load_library
-
-        library = load_library(library)
-    if not isinstance(library, PigmentLibrary):
-        raise PigmentError(
-            f"library must be a PigmentLibrary or a library file, got {type(library).__name__}"
-        )
-    if len(library) == 0:
-        raise PigmentError(f"pigment library {library.name!r} is empty")
-    return library
 
 
 def _instrument_dict(instrument, library) -> dict:

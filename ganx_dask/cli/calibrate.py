@@ -85,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out}: gain {cal.energy['gain']:.6g} keV/ch, offset {cal.energy['offset']:.4g} "
           f"keV, noise {cal.instrument.noise_fwhm_kev * 1e3:.1f} eV FWHM, Fano "
           f"{cal.instrument.fano:.3f}; {len(cal.colour.pigments)} pigments in "
-          f"{d['groups']['pixels'].__len__()} colour groups; sum-spectrum cosine distance "
+          f"{len(d['groups']['pixels'])} colour groups; sum-spectrum cosine distance "
           f"{m['cosine']:.3g}, JS {m['jensen_shannon']:.3g}")
     return 0

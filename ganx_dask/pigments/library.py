@@ -40,6 +40,7 @@ __all__ = [
     "build_default_library",
     "default_library",
     "default_library_path",
+    "resolve_library",
     "select_pigments",
 ]
 
@@ -315,3 +316,31 @@ def select_pigments(library: PigmentLibrary | None, names) -> PigmentLibrary:
             "(see `ganx-dask pigments list`)"
         )
     return lib.select(wanted)
+
+
+def resolve_library(library) -> PigmentLibrary:
+    """A non-empty :class:`PigmentLibrary` from a library, a library file path or ``None``.
+
+    ``None`` is :func:`default_library`; a path is read with
+    :func:`ganx_dask.pigments.formats.load_library` (our JSON or a ganX database).
+
+    Raises
+    ------
+    PigmentError
+        Not a library, an empty library, or an unreadable file (named).
+    """
+    import os
+
+    if library is None:
+        return default_library()
+    if isinstance(library, (str, os.PathLike)):
+        from .formats import load_library
+
+        library = load_library(library)
+    if not isinstance(library, PigmentLibrary):
+        raise PigmentError(
+            f"library must be a PigmentLibrary or a library file, got {type(library).__name__}"
+        )
+    if len(library) == 0:
+        raise PigmentError(f"pigment library {library.name!r} is empty")
+    return library
