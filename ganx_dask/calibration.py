@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -773,23 +772,31 @@ def _block_stats(block: np.ndarray, labels: np.ndarray, n_groups: int) -> dict:
 
 
 def _reduce(scan: xr.DataArray, labels: da.Array, n_groups: int) -> dict:
-    """Stream the scan chunk by chunk into per-group statistics (one dask pass)."""
+    """Stream the scan chunk by chunk into per-group statistics (one dask pass).
+
+    Reading a block and reducing it are one blockwise layer (dask fuses them into one task per
+    block), so a worker holds one scan block at a time and only ``(G·E)``-sized partial sums
+    travel; they are tree-summed.
+    """
     data = scan.data
     labels = labels.rechunk(data.chunks[:2])
-    parts = [dask.delayed(_block_stats)(b, lab, n_groups)
-             for b, lab in zip(data.to_delayed().ravel(), labels.to_delayed().ravel(),
-                               strict=True)]
+    n_e = int(data.shape[2])
+    size = n_groups * n_e + 3 * n_groups + 2
 
-    def combine(items):
-        out = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in items[0].items()}
-        for it in items[1:]:
-            for k, v in it.items():
-                out[k] = out[k] + v
-        return out
+    def fn(block, lab):
+        st = _block_stats(block, lab[:, :, 0], n_groups)
+        packed = np.concatenate([st["sums"].ravel(), st["n"], st["s1"], st["s2"],
+                                 [st["nan"], st["neg"]]])
+        return packed[None, None, :]
 
-    while len(parts) > 1:  # tree reduction: only small per-group arrays travel
-        parts = [dask.delayed(combine)(parts[i:i + 8]) for i in range(0, len(parts), 8)]
-    return dask.compute(parts[0])[0]
+    parts = da.map_blocks(fn, data, labels[:, :, None], dtype=np.float64,
+                          chunks=((1,) * data.numblocks[0], (1,) * data.numblocks[1], (size,)),
+                          meta=np.empty((0, 0, 0), np.float64))
+    tot = parts.sum(axis=(0, 1), split_every=8).compute()
+    g, e = n_groups, n_e
+    o = g * e
+    return {"sums": tot[:o].reshape(g, e), "n": tot[o:o + g], "s1": tot[o + g:o + 2 * g],
+            "s2": tot[o + 2 * g:o + 3 * g], "nan": int(tot[-2]), "neg": int(tot[-1])}
 
 
 # ------------------------------------------------------------------------------------------
