@@ -748,26 +748,40 @@ def _open_rgb(rgb, shape: tuple[int, int], chunks, mask, where_scan: str):
     return img, valid, where
 
 
-def _block_stats(block: np.ndarray, labels: np.ndarray, n_groups: int) -> dict:
-    """Per-group sums of one scan block (labels −1 are ignored)."""
+def _block_stats(block: np.ndarray, labels: np.ndarray, n_groups: int,
+                 slab: int = 8192) -> dict:
+    """Per-group sums of one scan block (labels −1 are ignored).
+
+    Pixels are taken ``slab`` at a time and summed with numpy's buffered accumulation, so the
+    temporaries stay ~``slab·E`` values whatever the block size.
+    """
     b = np.asarray(block)
-    lab = np.asarray(labels).reshape(-1)
-    flat = b.reshape(-1, b.shape[-1])
-    bad_nan = int(np.count_nonzero(~np.isfinite(flat))) if b.dtype.kind == "f" else 0
-    neg = int(np.count_nonzero(flat < 0)) if b.dtype.kind in "if" else 0
-    sums = np.zeros((n_groups, flat.shape[1]))
-    tot = flat.sum(axis=1, dtype=np.float64) if b.dtype.kind != "f" else np.nansum(flat, axis=1)
-    ok = lab >= 0
-    if np.any(ok):
-        order = np.argsort(lab[ok], kind="stable")
-        sl = lab[ok][order]
-        starts = np.flatnonzero(np.r_[True, sl[1:] != sl[:-1]])
-        rows = flat[ok][order]
-        acc = np.add.reduceat(rows, starts, axis=0, dtype=np.float64)
-        sums[sl[starts]] = acc
-    npx = np.bincount(lab[ok], minlength=n_groups).astype(np.float64)
-    s1 = np.bincount(lab[ok], weights=tot[ok], minlength=n_groups)
-    s2 = np.bincount(lab[ok], weights=tot[ok] ** 2, minlength=n_groups)
+    lab_all = np.asarray(labels).reshape(-1)
+    flat_all = b.reshape(-1, b.shape[-1])
+    is_f = b.dtype.kind == "f"
+    sums = np.zeros((n_groups, flat_all.shape[1]))
+    npx = np.zeros(n_groups)
+    s1 = np.zeros(n_groups)
+    s2 = np.zeros(n_groups)
+    bad_nan = neg = 0
+    for s0 in range(0, flat_all.shape[0], slab):
+        flat = flat_all[s0:s0 + slab]
+        lab = lab_all[s0:s0 + slab]
+        if is_f:
+            bad_nan += int(np.count_nonzero(~np.isfinite(flat)))
+        if b.dtype.kind in "if":
+            neg += int(np.count_nonzero(flat < 0))
+        tot = np.nansum(flat, axis=1, dtype=np.float64) if is_f else flat.sum(axis=1,
+                                                                              dtype=np.float64)
+        ok = lab >= 0
+        for g in np.unique(lab[ok]):
+            m = lab == g
+            rows = flat[m]
+            sums[g] += (np.nansum(rows, axis=0, dtype=np.float64) if is_f
+                        else rows.sum(axis=0, dtype=np.float64))
+        npx += np.bincount(lab[ok], minlength=n_groups)
+        s1 += np.bincount(lab[ok], weights=tot[ok], minlength=n_groups)
+        s2 += np.bincount(lab[ok], weights=tot[ok] ** 2, minlength=n_groups)
     return {"sums": sums, "n": npx, "s1": s1, "s2": s2, "nan": bad_nan, "neg": neg}
 
 
