@@ -42,9 +42,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +57,7 @@ from zarr.codecs import BloscCodec
 
 from .attrs import decode, encode, encode_dataset, plain
 from .errors import GanxError, IncompleteStoreWarning, StoreExistsError
+from .storage import Location, location, remote_error, with_storage_errors
 
 __all__ = [
     "DEFAULT_COMPRESSOR",
@@ -109,49 +108,13 @@ def cube_encoding(region: tuple[int, int], n_energy: int, codec=None) -> dict:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def _group_dir(path: Path, group: str | None) -> Path:
-    return path / group if group else path
+def _group_dir(path: Location, group: str | None) -> Location:
+    return path.child(group)
 
 
-def _is_zarr_node(p: Path) -> bool:
-    return (p / "zarr.json").is_file() or (p / ".zgroup").is_file() or (p / ".zarray").is_file()
-
-
-def _check_writable(path: Path) -> None:
-    """Raise GanxError unless a file can be created at/below ``path`` (real probe, root-safe)."""
-    probe_dir = path
-    while not probe_dir.exists():
-        if probe_dir.parent == probe_dir:
-            break
-        probe_dir = probe_dir.parent
-    if not probe_dir.is_dir():
-        raise GanxError(f"cannot write store {str(path)!r}: {str(probe_dir)!r} is not a directory")
-    try:
-        fd, name = tempfile.mkstemp(prefix=".ganx-write-probe-", dir=probe_dir)
-    except OSError as exc:
-        raise GanxError(
-            f"cannot write store {str(path)!r}: {str(probe_dir)!r} is not writable ({exc.strerror})"
-        ) from exc
-    os.close(fd)
-    os.unlink(name)
-
-
-def _clear_store(target: Path) -> None:
-    """Delete a Zarr node's contents, its own ``zarr.json`` last.
-
-    Until that last unlink the directory is still recognised as a Zarr store, so a run killed
-    while clearing can still be overwritten (an unrecognised directory is never deleted).
-    """
-    meta = None
-    for child in list(target.iterdir()):
-        if child.name == "zarr.json":
-            meta = child
-        elif child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-    if meta is not None:
-        meta.unlink()
+def _check_writable(path: str | os.PathLike | Location) -> None:
+    """Raise GanxError unless a file/object can be created at/below ``path`` (a real probe)."""
+    location(path).check_writable()
 
 
 def _attrs_diff(stored: dict, requested: dict) -> list[str]:
@@ -274,11 +237,12 @@ def _n_regions(shape, region) -> tuple[int, int]:
     return -(-shape[0] // region[0]), -(-shape[1] // region[1])
 
 
-def _open_group(path: Path, group: str | None, mode: str = "r"):
-    return zarr.open_group(str(path), path=group or "", mode=mode, zarr_format=3)
+def _open_group(path: Location | str | os.PathLike, group: str | None, mode: str = "r"):
+    return zarr.open_group(location(path).zarr_store(read_only=mode == "r"), path=group or "", mode=mode,
+                           zarr_format=3)
 
 
-def _write_template(ds: xr.Dataset, path: Path, group, region, codec, fp: str) -> None:
+def _write_template(ds: xr.Dataset, path: Location, group, region, codec, fp: str) -> None:
     ny, nx = _n_regions(ds[CUBE].shape, region)
     attrs = decode(ds.attrs)
     attrs.update(complete=False, template_complete=False, regions_total=int(ny * nx),
@@ -287,11 +251,11 @@ def _write_template(ds: xr.Dataset, path: Path, group, region, codec, fp: str) -
     attrs = encode(attrs)
     small = ds.drop_vars(CUBE)
     small.attrs = attrs
-    small.to_zarr(str(path), group=group, mode="w", zarr_format=3, consolidated=False)
+    small.to_zarr(path.zarr_store(), group=group, mode="w", zarr_format=3, consolidated=False)
     cube = ds[[CUBE]]
     cube.attrs = attrs
     enc = {CUBE: cube_encoding(region, ds[CUBE].shape[2], codec)}
-    cube.to_zarr(str(path), group=group, mode="a", zarr_format=3, consolidated=False,
+    cube.to_zarr(path.zarr_store(), group=group, mode="a", zarr_format=3, consolidated=False,
                  compute=False, encoding=enc)
     g = _open_group(path, group, "r+")
     parent, name = RECORD.split("/")
@@ -322,12 +286,13 @@ def _write_region(block: np.ndarray, path: str, group: str | None, ry: int, rx: 
                   y0: int, x0: int, record: str = RECORD) -> int:
     """Task: write one region of ``counts`` then record it (module level: pickles by ref)."""
     prefix = f"{group.strip('/')}/" if group else ""
+    store = location(path).zarr_store()
     # write_empty_chunks=True skips zarr's all-zero scan of every chunk (~0.1 CPU-s per 128 MB
     # region); an all-zero region is then stored like any other, identically on every run
-    arr = zarr.open_array(path, path=prefix + CUBE, mode="r+", zarr_format=3).with_config(
+    arr = zarr.open_array(store, path=prefix + CUBE, mode="r+", zarr_format=3).with_config(
         {"write_empty_chunks": True})
     arr[y0:y0 + block.shape[0], x0:x0 + block.shape[1], :] = block
-    rec = zarr.open_array(path, path=prefix + record, mode="r+", zarr_format=3)
+    rec = zarr.open_array(store, path=prefix + record, mode="r+", zarr_format=3)
     rec[ry, rx] = True
     return int(block.nbytes)
 
@@ -365,7 +330,7 @@ def _compute(tasks: list, progress: bool) -> list:
     return list(dask.compute(*tasks))
 
 
-def _consolidate(path: Path, group) -> None:
+def _consolidate(path: Location, group) -> None:
     """Consolidated metadata, written last, so a plain ``xr.open_zarr`` finds it (no fallback
     warning).  Only finished stores have it: an interrupted one is opened without.
 
@@ -377,25 +342,23 @@ def _consolidate(path: Path, group) -> None:
         return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        zarr.consolidate_metadata(str(path), path=group or "", zarr_format=3)
+        zarr.consolidate_metadata(path.zarr_store(), path=group or "", zarr_format=3)
 
 
-def _is_consolidated(path: Path, group) -> bool:
+def _is_consolidated(path: Location | str | os.PathLike, group) -> bool:
     if group:
         return False
-    try:
-        meta = json.loads((_group_dir(path, group) / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("consolidated_metadata") is not None
+    meta = _group_dir(location(path), group).child("zarr.json").read_json()
+    return isinstance(meta, dict) and meta.get("consolidated_metadata") is not None
 
 
-def _record(path: Path, group) -> np.ndarray:
+def _record(path: Location, group) -> np.ndarray:
     g = _open_group(path, group)
     return np.asarray(g[_record_path(g)][...], dtype=bool)
 
 
 # --------------------------------------------------------------------------------- public API
+@with_storage_errors("cannot write")
 def to_zarr(
     ds: xr.Dataset,
     path: str | os.PathLike,
@@ -415,7 +378,8 @@ def to_zarr(
         Must contain ``counts(y, x, energy)`` (usually dask-backed); every other variable is
         written with the template.
     path : str or path-like
-        Store directory (local or shared file system reachable by every worker).
+        Store directory (local or shared file system reachable by every worker) or object-store
+        URL (``s3://bucket/prefix/cube.zarr``; see :mod:`ganx_dask.storage`).
     group : str, optional
         Group inside the store (e.g. one image of a batch dataset).
     overwrite : bool
@@ -467,7 +431,7 @@ class WritePlan:
 
     Attributes
     ----------
-    path : pathlib.Path
+    path : ganx_dask.storage.Location
         The store.
     group : str or None
         Group inside the store.
@@ -477,7 +441,7 @@ class WritePlan:
         The store was already complete: nothing to compute or finish.
     """
 
-    path: Path
+    path: Location
     group: str | None
     tasks: list = field(default_factory=list)
     complete: bool = False
@@ -499,12 +463,12 @@ def plan_write(
     """
     if overwrite and resume:
         raise GanxError("give either overwrite=True or resume=True, not both")
-    path = Path(os.fspath(path)).expanduser()
+    path = location(path)
     ds, reg, codec = _prepare(ds, region, compressor)
     fp, desc = _fingerprint(ds, reg, codec)
     target = _group_dir(path, group)
-    exists = target.exists() and (target.is_file() or any(target.iterdir()))
-    if exists and target.is_dir() and not _is_zarr_node(target):
+    exists = target.exists()
+    if exists and not target.is_file() and not target.is_zarr_node():
         if overwrite or resume:
             raise GanxError(
                 f"{str(target)!r} exists and is not a Zarr store: refusing to overwrite or resume"
@@ -516,7 +480,7 @@ def plan_write(
             f"store {str(target)!r} already exists; pass overwrite=True (--overwrite) to replace "
             "it or resume=True (--resume) to finish it"
         )
-    _check_writable(target if target.exists() else path)
+    target.check_writable()
 
     need_template = True
     if exists and resume:
@@ -544,9 +508,9 @@ def plan_write(
             return WritePlan(path, group, complete=True)
         resumed = list(attrs.get("resumed", []))
     elif exists and overwrite:
-        _clear_store(target)
-        if group:
-            target.rmdir()
+        target.clear_zarr_node()
+        if group and not target.is_remote:
+            target.path.rmdir()
         resumed = []
     else:
         resumed = []
@@ -565,7 +529,7 @@ def plan_write(
     record = _record_path(_open_group(path, group))
     # keys unique per target: two stores of identical content written at once on one
     # distributed cluster must not share (and so skip) each other's write tasks
-    token = tokenize(fp, str(path.resolve()), group)
+    token = tokenize(fp, path.token(), group)
     tasks = [
         write(blocks[ry, rx, 0], str(path), group, ry, rx, ry * reg[0], rx * reg[1], record,
               dask_key_name=f"ganx-write-region-{token}-{ry}-{rx}")
@@ -590,18 +554,19 @@ def finish_write(plan: WritePlan) -> None:
 def is_complete(path: str | os.PathLike, group: str | None = None) -> bool:
     """True when the store exists and its ``complete`` flag is set (False for anything else)."""
     try:
-        return bool(decode(_open_group(Path(os.fspath(path)), group).attrs).get("complete", False))
+        return bool(decode(_open_group(location(path), group).attrs).get("complete", False))
     except Exception:  # noqa: BLE001 - missing/unreadable store is simply not complete
         return False
 
 
+@with_storage_errors("cannot read")
 def missing_regions(path: str | os.PathLike, group: str | None = None) -> list[tuple[int, int]]:
     """Regions ``(region_y, region_x)`` of ``counts`` not yet recorded as written.
 
     All regions are missing when the template itself is incomplete; raises :class:`GanxError`
     if ``path`` is not a ganx-dask store.
     """
-    p = Path(os.fspath(path))
+    p = location(path)
     try:
         g = _open_group(p, group)
     except Exception as exc:  # noqa: BLE001
@@ -622,6 +587,7 @@ def missing_regions(path: str | os.PathLike, group: str | None = None) -> list[t
     return [(int(a), int(b)) for a, b in zip(*np.nonzero(~rec), strict=True)]
 
 
+@with_storage_errors("cannot read")
 def open_cube(path: str | os.PathLike, group: str | None = None, *,
               decode_attrs: bool = False) -> xr.Dataset:
     """Open a store lazily (dask arrays with the zarr chunks).
@@ -642,14 +608,18 @@ def open_cube(path: str | os.PathLike, group: str | None = None, *,
         for a 0.1.0 store, whose nested dicts are encoded on reading).  ``True``: the Python
         view, nested values as dicts/lists (:func:`ganx_dask.attrs.decode`).
     """
-    p = Path(os.fspath(path))
+    p = location(path)
     if not _group_dir(p, group).exists():
+        if p.is_remote and not p.bucket_exists():
+            raise GanxError(f"cannot read {p}: bucket {p.bucket!r} does not exist")
         raise GanxError(f"store {str(_group_dir(p, group))!r} does not exist")
     try:
-        ds = xr.open_zarr(str(p), group=group, zarr_format=3,
+        ds = xr.open_zarr(p.zarr_store(read_only=True), group=group, zarr_format=3,
                           consolidated=_is_consolidated(p, group),
                           drop_variables=[_LEGACY_RECORD])
     except Exception as exc:  # noqa: BLE001
+        if p.is_remote and isinstance(exc, OSError):
+            raise remote_error(p, "cannot read", exc) from None
         raise GanxError(f"cannot open {str(_group_dir(p, group))!r} as a Zarr store: {exc}") from exc
     ds = encode_dataset(ds)
     if decode_attrs:

@@ -280,7 +280,9 @@ def test_overwrite_interrupted_while_clearing_stays_a_store(reference, tmp_path,
     def dying_rmtree(p, *args, **kwargs):
         raise OSError(f"simulated crash while deleting {p}")
 
-    monkeypatch.setattr(store.shutil, "rmtree", dying_rmtree)
+    from ganx_dask import storage
+
+    monkeypatch.setattr(storage.shutil, "rmtree", dying_rmtree)
     with pytest.raises(OSError, match="simulated crash"):
         store.to_zarr(_dataset(seed=6), path, overwrite=True)
     monkeypatch.undo()

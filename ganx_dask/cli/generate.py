@@ -200,10 +200,12 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..generator import generate
     from ..scheduling import scheduler_context
+    from ..storage import location
     from ..store import to_zarr
 
     if args.demo == (args.image is not None):
         raise ConfigError("give either IMAGE or --demo (exactly one)")
+    location(args.output)  # an unsupported URL scheme fails before any work
     image = demo_image_path() if args.demo else Path(args.image)
     library = None
     if args.library:

@@ -1,0 +1,253 @@
+"""Stores on object storage: a real S3-compatible server (moto's server mode, its own process on
+127.0.0.1) written to through ``s3://`` URLs — byte-identical to local runs, lazily readable,
+resumable; wrong credentials, missing buckets and unsupported schemes are one-line errors.
+
+The server runs for this module only and is stopped at teardown; when it cannot start (moto's
+server extra missing, no free port) the S3 tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from PIL import Image
+
+from ganx_dask.cli import main
+from ganx_dask.errors import GanxError
+from ganx_dask.storage import is_url, location
+from ganx_dask.store import open_cube, to_zarr
+
+BUCKET = "ganx-test"
+KEY_ID = "GANXTESTKEYID0001"
+SECRET = "ganx-test-secret-Zq8xPq3w"  # must never appear in an error, attr, manifest or log
+GEN_ARGS = ["--energy", "0.5:38.5:64", "--counts", "30", "--chunk", "64", "--n-start", "2",
+            "--delta", "0", "--fit-samples", "2000", "--no-progress", "--seed", "5"]
+
+
+# ------------------------------------------------------------------------------ the server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, data: bytes | None = None) -> bytes:
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.read()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server in its own process on 127.0.0.1; yields its endpoint URL.
+
+    The environment points the product at it through the standard variables only
+    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``).
+    """
+    pytest.importorskip("s3fs", reason="s3fs (the [s3] extra) is not installed")
+    try:
+        import moto.server  # noqa: F401
+    except ImportError as exc:
+        pytest.skip(f"moto's server mode is not installed (moto[server]): {exc}")
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                 "-p", str(port)], stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(600):  # bounded wait for the server to answer (start-up ≈ 1-5 s)
+            if proc.poll() is not None:
+                pytest.skip(f"moto server exited at start-up: {log.read_text()[-300:]}")
+            try:
+                _get(f"{endpoint}/moto-api/")
+                break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                try:
+                    proc.wait(timeout=0.05)
+                except subprocess.TimeoutExpired:
+                    pass
+        else:
+            pytest.skip("moto server did not answer on 127.0.0.1 within 30 s")
+        with pytest.MonkeyPatch.context() as mp:
+            for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+                mp.delenv(var, raising=False)
+            missing = str(tmp_path_factory.mktemp("aws") / "none")
+            mp.setenv("AWS_CONFIG_FILE", missing)
+            mp.setenv("AWS_SHARED_CREDENTIALS_FILE", missing)
+            mp.setenv("AWS_ENDPOINT_URL", endpoint)
+            mp.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+            mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            _fresh_clients()
+            fs = location(f"s3://{BUCKET}").fs()
+            fs.mkdir(BUCKET)
+            yield endpoint
+            _fresh_clients()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            proc.kill()
+            proc.wait()
+
+
+def _fresh_clients() -> None:
+    """Forget cached s3fs clients (they keep the credentials they were made with)."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def _objects(url: str) -> dict[str, bytes]:
+    """Every object below ``url`` (or every file below a local folder), keyed by relative path."""
+    loc = location(url)
+    if loc.is_remote:
+        fs = loc.fs()
+        return {k[len(loc.key) + 1:]: fs.cat_file(k) for k in sorted(fs.find(loc.key))}
+    return {str(p.relative_to(loc.path)): p.read_bytes() for p in sorted(loc.path.rglob("*"))
+            if p.is_file()}
+
+
+def _strip_volatile(obj):
+    """JSON metadata without the attributes that hold run times or where the run wrote."""
+    if isinstance(obj, dict):
+        return {k: _strip_volatile(v) for k, v in obj.items() if k not in ("created", "resumed")}
+    if isinstance(obj, list):
+        return [_strip_volatile(v) for v in obj]
+    return obj
+
+
+def assert_same_store(remote: str, local: Path) -> None:
+    """Data objects byte-identical, metadata identical but for the run time."""
+    a, b = _objects(remote), _objects(str(local))
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if name.endswith("zarr.json"):
+            assert _strip_volatile(json.loads(a[name])) == _strip_volatile(json.loads(b[name])), name
+        else:
+            assert a[name] == b[name], name
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(3)
+    h, w = 128, 192
+    cols = np.array([[190, 40, 35], [30, 60, 160], [230, 220, 190]])
+    lab = (np.arange(h)[:, None] // 40 + np.arange(w)[None, :] // 64) % 3
+    img = np.clip(cols[lab] + rng.normal(0, 5, (h, w, 3)), 0, 255).astype(np.uint8)
+    path = tmp_path_factory.mktemp("img") / "panel.png"
+    Image.fromarray(img).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_generate(image, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "gen.zarr"
+    assert main(["generate", str(image), "-o", str(out), *GEN_ARGS,
+                 "--scheduler", "synchronous"]) == 0
+    return out
+
+
+# ------------------------------------------------------------------ no server needed
+@pytest.mark.parametrize("url", ["ftp://host/demo.zarr", "memory://demo.zarr",
+                                 "http://127.0.0.1:9/demo.zarr"])
+def test_unsupported_scheme_is_an_error_never_a_local_folder(url, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["generate", "--demo", "-o", url, "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "unsupported URL scheme" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no ./ftp:/host/demo.zarr
+    with pytest.raises(GanxError, match="unsupported URL scheme"):
+        open_cube(url)
+
+
+def test_credentials_in_a_url_are_refused_without_echo():
+    with pytest.raises(GanxError) as exc:
+        location("s3://AKIAXX:topsecretvalue@bucket/ds.zarr")
+    assert "topsecretvalue" not in str(exc.value) and "AKIAXX" not in str(exc.value)
+    assert "AWS_ACCESS_KEY_ID" in str(exc.value)
+
+
+def test_location_parsing():
+    assert is_url("s3://b/x") and not is_url("/data/x.zarr") and not is_url("C:\\x")
+    loc = location("s3://bucket//prefix/ds.zarr/")
+    assert str(loc) == "s3://bucket/prefix/ds.zarr" and loc.bucket == "bucket"
+    assert str(loc.child("img_1")) == "s3://bucket/prefix/ds.zarr/img_1"
+    assert not location("file:///tmp/x.zarr").is_remote
+    assert location("file:///tmp/x.zarr").path == Path("/tmp/x.zarr")
+
+
+# ------------------------------------------------------------------------------ on S3
+def test_generate_on_s3_is_byte_identical_and_reads_lazily(s3, image, local_generate, capsys):
+    url = f"s3://{BUCKET}/runs/gen.zarr"
+    assert main(["generate", str(image), "-o", url, *GEN_ARGS,
+                 "--scheduler", "synchronous"]) == 0
+    assert url in capsys.readouterr().out
+    assert_same_store(url, local_generate)
+    ds = open_cube(url)
+    assert ds.attrs["complete"] is True
+    assert isinstance(ds["counts"].data, da.Array)  # lazy: nothing read yet
+    assert ds["counts"].data.chunks[0][0] == 64
+    ref = open_cube(local_generate)
+    np.testing.assert_array_equal(ds["counts"][:64, 64:128].values, ref["counts"][:64, 64:128].values)
+    # an existing store is not replaced without --overwrite
+    with pytest.raises(GanxError, match="already exists"):
+        to_zarr(ref, url)
+
+
+def test_wrong_credentials_give_one_line_error_without_secret(s3, image, monkeypatch, capsys):
+    url = f"s3://{BUCKET}/runs/denied.zarr"
+    wrong = "wrong-secret-Vb7Lq2Zp"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "GANXWRONGKEY00001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
+    _fresh_clients()
+    _get(f"{s3}/moto-api/reset-auth", b"0")  # the server checks credentials from now on
+    try:
+        rc = main(["generate", str(image), "-o", url, *GEN_ARGS, "--scheduler", "synchronous"])
+        err = capsys.readouterr().err
+        with pytest.raises(GanxError) as read_exc:
+            open_cube(f"s3://{BUCKET}/runs/gen.zarr")
+    finally:
+        _get(f"{s3}/moto-api/reset-auth", b"inf")
+        monkeypatch.undo()
+        _fresh_clients()
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and url in lines[0] and "access denied" in lines[0]
+    for text in (err, str(read_exc.value)):
+        assert wrong not in text and SECRET not in text and "GANXWRONGKEY00001" not in text
+    assert "access denied" in str(read_exc.value)
+    assert not location(url).exists()  # nothing written
+
+
+def test_missing_bucket_is_a_clear_error(s3, image, capsys):
+    url = "s3://no-such-bucket-ganx/ds.zarr"
+    rc = main(["generate", str(image), "-o", url, *GEN_ARGS, "--scheduler", "synchronous"])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1
+    assert "bucket 'no-such-bucket-ganx' does not exist" in err and url in err
+    with pytest.raises(GanxError, match="bucket 'no-such-bucket-ganx' does not exist"):
+        open_cube(url)
+
+
+def test_no_secret_in_any_stored_object(s3):
+    """Runs last in this module: nothing written to the bucket carries a credential."""
+    fs = location(f"s3://{BUCKET}").fs()
+    for key in fs.find(BUCKET):
+        blob = fs.cat_file(key)
+        assert SECRET.encode() not in blob and KEY_ID.encode() not in blob, key
