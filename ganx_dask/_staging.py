@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import GanxError, StoreExistsError
+from .storage import local_path
 
 __all__ = ["staged_output", "atomic_file"]
 
@@ -42,7 +43,7 @@ def staged_output(output: str | os.PathLike, overwrite: bool = False) -> Iterato
     GanxError
         The parent directory does not exist or is not writable.
     """
-    output = Path(output)
+    output = local_path(output, "this output")  # reports and figures: a local folder only
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise StoreExistsError(f"{output} exists and is not empty; pass --overwrite to replace it")
     parent = output.resolve().parent
@@ -84,7 +85,7 @@ def atomic_file(path: str | os.PathLike, *, overwrite: bool, write) -> None:
     ``path`` is untouched.  The new file gets the default permissions (umask), or those of the
     file it replaces.
     """
-    path = Path(path)
+    path = local_path(path, "this file")
     if path.is_dir():
         raise StoreExistsError(f"{path}: is a directory, expected a file path")
     if path.exists() and not overwrite:

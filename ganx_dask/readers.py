@@ -18,7 +18,8 @@ Formats
   ``(H, W, E)``; other axis orders with ``axes="eyx"`` etc.).
 * NumPy ``.npy`` (memory-mapped) and ``.npz`` (``key=``; default: the only 3-D array).
 * Any xarray-readable store: Zarr (a ganx-dask store opens through
-  :func:`ganx_dask.store.open_cube`, which warns when incomplete) and netCDF.
+  :func:`ganx_dask.store.open_cube`, which warns when incomplete) and netCDF.  Zarr stores may
+  also be object-store URLs (``s3://bucket/prefix/cube.zarr``, see :mod:`ganx_dask.storage`).
 * A folder of per-pixel Amptek ``.mca`` files.  File names: with ``layout="yx"`` (default) each
   name ends with two integers ``<row><sep><col>.mca`` (e.g. ``scan_012_034.mca``,
   ``r12c34.mca``); with ``layout="raster"`` the name ends with one integer, the raster index
@@ -31,7 +32,6 @@ Formats
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from pathlib import Path
@@ -42,6 +42,7 @@ import xarray as xr
 
 from .energy import EnergyAxis, as_energy_axis
 from .errors import EnergyAxisError, GanxError
+from .storage import location
 
 __all__ = [
     "open_any",
@@ -377,13 +378,15 @@ def open_xarray(path, *, variable: str = "counts", energy=None, gain: float | No
     :func:`ganx_dask.store.open_cube` (warns with ``IncompleteStoreWarning`` when incomplete).
 
     The counts variable (``variable``) must have dims ``y``, ``x`` and ``energy`` (in any order);
-    a missing ``energy`` coordinate is built from ``energy``/``gain``/``offset``.
+    a missing ``energy`` coordinate is built from ``energy``/``gain``/``offset``.  On object
+    storage (``s3://...``) only Zarr stores are read.
     """
-    path = Path(path)
-    if not path.exists():
+    loc = location(path)
+    path = loc.url if loc.is_remote else loc.path
+    if not loc.is_remote and not path.exists():  # a remote store is checked by open_cube
         raise GanxError(f"{path}: no such file or store")
     try:
-        if _is_zarr(path):
+        if loc.is_remote or _is_zarr(path):
             try:
                 from .store import open_cube
             except ImportError:  # pragma: no cover - store module not built yet
@@ -524,7 +527,8 @@ def open_mca_folder(path, *, layout: str = "yx", shape: tuple[int, int] | None =
 def open_any(path, **kw) -> xr.Dataset:
     """Open a synthetic or measured cube by its path.
 
-    * a directory that is a Zarr store, or ``*.zarr`` → :func:`open_xarray`
+    * a directory that is a Zarr store, or ``*.zarr``, or an object-store URL (``s3://...``)
+      → :func:`open_xarray`
     * a directory of ``.mca`` files → :func:`open_mca_folder`
     * ``.h5``/``.hdf5``/``.hdf``/``.nxs`` → :func:`open_hdf5`
     * ``.npy``/``.npz`` → :func:`open_numpy`
@@ -534,16 +538,20 @@ def open_any(path, **kw) -> xr.Dataset:
     ``key``, ``axes``, ``layout``, ``shape``, ``variable``); ``None`` values are ignored.
     """
     kw = {k: v for k, v in kw.items() if v is not None}
-    path = Path(os.fspath(path))
-    if not path.exists():
-        raise GanxError(f"{path}: no such file or store")
-    suffix = path.suffix.lower()
+    loc = location(path)
+    path = loc.url if loc.is_remote else loc.path
 
     def pick(*names):
         extra = sorted(set(kw) - set(names))
         if extra:
             raise GanxError(f"{path}: option(s) {', '.join(extra)} do not apply to this format")
         return kw
+
+    if loc.is_remote:  # object storage: Zarr stores
+        return open_xarray(path, **pick("variable", "energy", "gain", "offset"))
+    if not path.exists():
+        raise GanxError(f"{path}: no such file or store")
+    suffix = path.suffix.lower()
 
     if _is_zarr(path):
         return open_xarray(path, **pick("variable", "energy", "gain", "offset"))

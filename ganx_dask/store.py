@@ -112,11 +112,6 @@ def _group_dir(path: Location, group: str | None) -> Location:
     return path.child(group)
 
 
-def _check_writable(path: str | os.PathLike | Location) -> None:
-    """Raise GanxError unless a file/object can be created at/below ``path`` (a real probe)."""
-    location(path).check_writable()
-
-
 def _attrs_diff(stored: dict, requested: dict) -> list[str]:
     """Keys whose values differ, one level into dict values: ``"parameters.counts (30 -> 31)"``."""
     out = []
@@ -158,10 +153,11 @@ def _in_memory_contents(ds: xr.Dataset) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def _changed_contents(path: Path, group: str | None, ds: xr.Dataset) -> list[str]:
+def _changed_contents(path: Location, group: str | None, ds: xr.Dataset) -> list[str]:
     """Names of the in-memory variables whose values differ from those stored."""
     try:
-        stored = xr.open_zarr(str(path), group=group, consolidated=False, zarr_format=3)
+        stored = xr.open_zarr(path.zarr_store(read_only=True), group=group, consolidated=False,
+                              zarr_format=3)
     except Exception:  # noqa: BLE001 - only used to word an error message
         return []
     out = []

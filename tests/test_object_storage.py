@@ -9,23 +9,22 @@ server extra missing, no free port) the S3 tests skip with the reason.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-import warnings
 from pathlib import Path
 
 import dask
 import dask.array as da
+import dask.callbacks
 import numpy as np
 import pytest
 from PIL import Image
 
 from ganx_dask.cli import main
-from ganx_dask.errors import GanxError
+from ganx_dask.errors import GanxError, IncompleteStoreWarning
 from ganx_dask.storage import is_url, location
 from ganx_dask.store import open_cube, to_zarr
 
@@ -243,6 +242,118 @@ def test_missing_bucket_is_a_clear_error(s3, image, capsys):
     assert "bucket 'no-such-bucket-ganx' does not exist" in err and url in err
     with pytest.raises(GanxError, match="bucket 'no-such-bucket-ganx' does not exist"):
         open_cube(url)
+
+
+# ---------------------------------------------------------------- batch, mosaic, readers
+BATCH_GEN = {"energy": "0.5:38.5:64", "counts": 30, "chunks": 64, "n_start": 2, "delta": 0,
+             "fit_samples": 2000, "score_batch": 256}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("images")
+    for i, (h, w) in enumerate([(64, 64), (64, 128)]):
+        rng = np.random.default_rng(10 + i)
+        cols = rng.integers(0, 256, (3, 3))
+        lab = (np.arange(h)[:, None] // 32 + np.arange(w)[None, :] // 48) % 3
+        img = np.clip(cols[lab] + rng.normal(0, 4, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(d / f"page_{i}.png")
+    return d
+
+
+def test_batch_on_s3_is_byte_identical_with_its_manifest(s3, folder, tmp_path):
+    from ganx_dask.pipelines.batch import read_manifest, run_batch
+    from ganx_dask.store import is_complete
+
+    url = f"s3://{BUCKET}/datasets/pages.zarr"
+    local = tmp_path / "pages.zarr"
+    with dask.config.set(scheduler="synchronous"):
+        ref = run_batch([folder], local, {"seed": 7, "generation": BATCH_GEN})
+        # killed after 2 region writes: page_0 (1 region) done, page_1 (2 regions) half-written
+        with _Kill(2), pytest.raises(KeyboardInterrupt):
+            run_batch([folder], url, {"seed": 7, "generation": BATCH_GEN})
+    status = {r["name"]: r["status"] for r in read_manifest(url)}
+    assert status == {"page_0": "complete", "page_1": "pending"}  # nothing half-written is complete
+    assert is_complete(url, group="page_0") and not is_complete(url, group="page_1")
+    # a YAML config with an s3:// output: not taken relative to the config's folder
+    cfg = tmp_path / "batch.yaml"
+    cfg.write_text(json.dumps({"seed": 7, "output": url, "generation": BATCH_GEN}))
+    with dask.config.set(scheduler="threads"):
+        rep = run_batch([folder], None, cfg)
+    assert rep.output == url and rep.resumed == ["page_1"] and rep.skipped_complete == ["page_0"]
+    assert read_manifest(url) == read_manifest(local) == ref.manifest
+    assert_same_store(url, local)
+    ds = open_cube(url, group="page_1")
+    assert isinstance(ds["counts"].data, da.Array) and ds.sizes["x"] == 128
+    # a re-run skips complete images and writes nothing
+    before = _objects(url)
+    with dask.config.set(scheduler="synchronous"):
+        again = run_batch([folder], url, {"seed": 7, "generation": BATCH_GEN})
+    assert sorted(again.skipped_complete) == ["page_0", "page_1"]
+    assert _objects(url) == before
+
+
+class _Kill(dask.callbacks.Callback):
+    """Interrupts a synchronous run after ``n`` region writes (a killed job)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        name = key[0] if isinstance(key, tuple) else key
+        if str(name).startswith("ganx-write-region"):
+            self.n -= 1
+            if self.n == 0:
+                raise KeyboardInterrupt
+
+
+def test_interrupted_mosaic_resumes_on_s3_to_the_same_bytes(s3, image, tmp_path, capsys):
+    from ganx_dask.pipelines.mosaic import run_mosaic
+    from ganx_dask.store import is_complete, missing_regions
+
+    url = f"s3://{BUCKET}/mosaics/panel.zarr"
+    local = tmp_path / "panel.zarr"
+    cfg = {"seed": 11, "generation": BATCH_GEN}
+    with dask.config.set(scheduler="synchronous"):
+        run_mosaic(image, local, cfg)
+        with _Kill(4), pytest.raises(KeyboardInterrupt):
+            run_mosaic(image, url, cfg)
+    # half-written: nothing claims to be complete
+    assert not is_complete(url)
+    assert len(missing_regions(url)) == 6 - 4
+    with pytest.warns(IncompleteStoreWarning):
+        open_cube(url)
+    # re-running the same command resumes: only the missing regions are computed
+    rc = main(["mosaic", str(image), "-o", url, "--seed", "11", "--energy", "0.5:38.5:64",
+               "--counts", "30", "--chunks", "64", "--n-start", "2", "--delta", "0",
+               "--fit-samples", "2000", "--score-batch", "256", "--scheduler", "synchronous"])
+    assert rc == 0
+    assert "resumed" in capsys.readouterr().out
+    assert is_complete(url)
+    ds = open_cube(url)
+    assert ds.attrs["resumed"][-1]["regions_computed"] == 2
+    assert_same_store(url, local)
+
+
+def test_inspect_and_compare_read_s3_stores(s3, local_generate, tmp_path, capsys):
+    url = f"s3://{BUCKET}/runs/gen.zarr"
+    if not location(url).exists():  # written by the generate test; this test may run alone
+        to_zarr(open_cube(local_generate), url)
+    assert main(["compare", url, str(local_generate), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["a"] == url
+    from ganx_dask.metrics import DISTANCES
+
+    assert all(res["spectral"][k] == pytest.approx(0.0, abs=1e-9) for k in DISTANCES)
+    assert res["ssim"] == pytest.approx(1.0)
+    assert main(["inspect", url, "-o", str(tmp_path / "report")]) == 0
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert url in report
+    # reports go to local folders only: a URL output is an error, not a folder "s3:"
+    assert main(["inspect", url, "-o", f"s3://{BUCKET}/reports/r"]) == 1
+    assert "local folder" in capsys.readouterr().err
+    assert not Path("s3:").exists()
 
 
 def test_no_secret_in_any_stored_object(s3):

@@ -133,17 +133,16 @@ def _shape(text: str | None) -> tuple[int, int] | None:
 def _open(path: str, dataset=None, calibration=None, mca_shape=None, opt="--calibration"):
     from ..readers import open_any
 
-    p = Path(path)
     gain, offset = _calibration(calibration, opt)
     kw = {"gain": gain, "offset": offset}
-    suffix = p.suffix.lower()
+    suffix = Path(path).suffix.lower()
     if suffix in (".h5", ".hdf5", ".hdf", ".nxs"):
         kw["dataset"] = dataset
     elif dataset is not None:
         raise GanxError(f"--dataset applies to HDF5 inputs only, not {path}")
     if mca_shape is not None:
         kw.update(layout="raster", shape=_shape(mca_shape))
-    return open_any(p, **kw)
+    return open_any(path, **kw)  # a local path or an object-store URL
 
 
 def default_elements(ds, energy) -> list[tuple[str, str]]:
@@ -358,8 +357,9 @@ def _version() -> str:
 def _run_inspect(args) -> int:
     from .._staging import staged_output
     from ..scheduling import scheduler_context
+    from ..storage import local_path
 
-    output = Path(args.output)
+    output = local_path(args.output, "the report")
     fmts = _formats(args.format)
     if not 10 <= args.dpi <= 2400:
         raise GanxError(f"--dpi must be between 10 and 2400, got {args.dpi}")

@@ -37,6 +37,7 @@ from typing import Any
 from ..errors import ConfigError, GanxError, ImageError
 from ..io import IMAGE_SUFFIXES, file_sha256, group_name
 from ..seeding import check_seed, image_seed
+from ..storage import is_url, location, remote_error, with_storage_errors
 from .config import Option, load_config, validate
 from .image_pool import ImageJob
 
@@ -182,6 +183,9 @@ def collect_images(
 
     for src in sources:
         s = os.fspath(src)
+        if is_url(s):
+            raise ImageError(f"{s.split('://', 1)[0]}://...: images are read from local or shared "
+                             "file systems; object-store URLs are for stores only")
         p = Path(s).expanduser()
         if p.is_dir():
             it = p.rglob("*") if recursive else p.iterdir()
@@ -267,8 +271,10 @@ class BatchReport:
         return "\n".join(lines)
 
 
+@with_storage_errors("cannot read")
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The manifest records of a dataset store (empty list if it has none).
+    """The manifest records of a dataset store (local path or object-store URL; empty list if
+    it has none).
 
     Raises
     ------
@@ -278,7 +284,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
     import zarr
 
     try:
-        root = zarr.open_group(os.fspath(path), mode="r")
+        root = zarr.open_group(location(path).zarr_store(read_only=True), mode="r")
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
         raise ConfigError(f"{path}: not a ganx-dask dataset store") from exc
     return list(root.attrs.get("manifest", []))
@@ -291,9 +297,12 @@ def _jsonable(obj: Any) -> Any:
 def _open_root(output: str, params: dict[str, Any], overwrite: bool):
     import zarr
 
+    loc = location(output)
     try:
-        root = zarr.open_group(output, mode="a", zarr_format=3)
+        root = zarr.open_group(loc.zarr_store(), mode="a", zarr_format=3)
     except (PermissionError, OSError) as exc:
+        if loc.is_remote:
+            raise remote_error(loc, "cannot write", exc) from None
         raise ConfigError(f"output {output} is not writable: {exc}") from exc
     except (zarr.errors.ContainsArrayError, ValueError) as exc:
         raise ConfigError(f"output {output} exists and is not a dataset group: {exc}") from exc
@@ -310,9 +319,7 @@ def _open_root(output: str, params: dict[str, Any], overwrite: bool):
 
 def _check_writable(output: str) -> None:
     """Fail before any work when the output cannot be created (a real probe: works as root)."""
-    from ..store import _check_writable as probe  # the one implementation (store.py)
-
-    probe(Path(output).expanduser().absolute())
+    location(output).check_writable()  # the one implementation (storage.py)
 
 
 def _check_shared_inputs(gen: dict[str, Any], library_path: str | None, pigments=None):
@@ -353,7 +360,8 @@ def run_batch(
     images : sequence of path-like or None
         Folders, globs or files; ``None`` uses the config's ``images``.
     output : path-like or None
-        Dataset store; ``None`` uses the config's ``output``.
+        Dataset store (local path or object-store URL, ``s3://bucket/prefix/ds.zarr``); ``None``
+        uses the config's ``output``.
     config : path-like, mapping or None
         Batch configuration (see ``pipelines/batch/README.md``).
     seed : int or None
@@ -399,6 +407,8 @@ def run_batch(
     out = os.fspath(output) if output is not None else cfg["output"]
     if not out and not dry_run:
         raise ConfigError("no output dataset given (-o DATASET.zarr or the config's 'output')")
+    if out:
+        location(out)  # an unsupported URL scheme fails before any work
     files, skipped = collect_images(sources, recursive=cfg["recursive"])
     if not dry_run:
         _check_writable(out)
@@ -538,7 +548,7 @@ def _group_shape(out: str, name: str) -> list[int] | None:
     import zarr
 
     try:
-        counts = zarr.open_group(out, mode="r")[name]["counts"]
+        counts = zarr.open_group(location(out).zarr_store(read_only=True), mode="r")[name]["counts"]
     except (KeyError, FileNotFoundError):
         return None
     return [int(counts.shape[0]), int(counts.shape[1])]

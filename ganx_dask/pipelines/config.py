@@ -184,6 +184,10 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 def _relative_to(base: str, value: Any) -> Any:
     """``value`` (a path, a list of paths or None) with relative paths joined to ``base``."""
     if isinstance(value, str):
+        from ..storage import is_url
+
+        if is_url(value):  # s3://bucket/... is never relative to the config's folder
+            return value
         p = os.path.expanduser(value)
         return p if os.path.isabs(p) else os.path.join(base, p)
     if isinstance(value, list):

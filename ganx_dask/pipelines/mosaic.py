@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GanxError, StoreExistsError
+from ..storage import location, with_storage_errors
 from .batch import _check_writable, generation_schema
 from .config import Option, load_config, validate
 
@@ -84,6 +84,7 @@ class MosaicReport:
                 f"computed {self.regions_computed} of {self.regions_total} regions")
 
 
+@with_storage_errors("cannot write", arg="output")
 def run_mosaic(
     image: str | os.PathLike | None,
     output: str | os.PathLike | None,
@@ -102,7 +103,8 @@ def run_mosaic(
     Parameters
     ----------
     image, output : path-like or None
-        Override the config's ``image``/``output``.
+        Override the config's ``image``/``output`` (a local path or an object-store URL,
+        ``s3://bucket/prefix/panel.zarr``).
     config : path-like, mapping or None
         Mosaic configuration (see ``pipelines/mosaic/README.md``).
     seed, resume, overwrite : optional
@@ -126,7 +128,7 @@ def run_mosaic(
         From generation/writing (unreadable image, resume with different parameters, ...).
     """
     from ..generator import generate
-    from ..store import is_complete, missing_regions, to_zarr
+    from ..store import _open_group, is_complete, missing_regions, to_zarr
 
     cfg = load_mosaic_config(config)
     if generation:
@@ -149,8 +151,8 @@ def run_mosaic(
         from ..pigments.library import select_pigments
 
         library = select_pigments(_resolve_library(library), pigments)
-    target = Path(out)
-    exists = any(target.iterdir()) if target.is_dir() else target.exists()
+    target = location(out)  # an unsupported URL scheme fails here, before any work
+    exists = target.exists()
     resuming = exists and not cfg["overwrite"]
     if resuming and not cfg["resume"]:
         raise StoreExistsError(
@@ -171,9 +173,7 @@ def run_mosaic(
         todo = None
     to_zarr(ds, out, overwrite=cfg["overwrite"] and exists, resume=resuming, progress=progress,
             region=cfg["region"])
-    import zarr
-
-    total = int(zarr.open_group(out, mode="r").attrs["regions_total"])
+    total = int(_open_group(target, None).attrs["regions_total"])
     return MosaicReport(output=out, regions_total=total,
                         regions_computed=total if todo is None else todo,
                         resumed=resuming, shape=shape)  # type: ignore[arg-type]

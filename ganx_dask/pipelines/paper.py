@@ -47,6 +47,7 @@ import xarray as xr
 
 from .._staging import staged_output
 from ..errors import ConfigError, GanxError
+from ..storage import local_path
 from .config import Option, load_config
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def run_paper(config=None, output: str | os.PathLike | None = None, *, small: bo
     lib = _library(cfg)
     seed = cfg["seed"]
     pseed = cfg["poisson_seed"] if cfg["poisson_seed"] is not None else seed + 1
-    out = Path(output if output is not None else cfg["output"])
+    out = local_path(output if output is not None else cfg["output"], "the paper's output")
     labels = [f"fake {t:g}" for t in thresholds]
     figures: list[str] = []
     with staged_output(out, overwrite) as tmp:
