@@ -45,7 +45,6 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import dask
 import dask.array as da
