@@ -198,6 +198,7 @@ def bench_crossval(size: int = 128) -> None:
     """Smooth colour/abundance field; calibrate on the left half, predict the right half."""
     import ganx_dask as g
     from ganx_dask.analysis import element_maps
+    from ganx_dask.attrs import decode
     from ganx_dask.calibration import background_components, calibrate
     from ganx_dask.energy import EnergyAxis
     from ganx_dask.metrics import cosine, jensen_shannon, ssim
@@ -252,7 +253,8 @@ def bench_crossval(size: int = 128) -> None:
            "size": size, "calibrate_s": round(t_cal, 1), "groups": len(cal.colour.counts),
            "sum_cosine": float(cosine(a, b)), "sum_js": float(jensen_shannon(a, b)),
            "ssim_per_element": ss,
-           "out_of_gamut_clusters": len(ds.attrs["parameters"]["calibration"]["out_of_gamut"])})
+           "out_of_gamut_clusters": len(
+               decode(ds.attrs)["parameters"]["calibration"]["out_of_gamut"])})
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import pytest
 import xarray as xr
 
 import ganx_dask as g
+from ganx_dask.attrs import decode
 from ganx_dask.calibration import (
     BACKGROUNDS,
     Calibration,
@@ -126,7 +127,7 @@ def test_round_trip_abundances_background_counts(cal, truth):
 
 def test_regenerated_cube_matches_scan(cal, scan, image, lib):
     ds = g.generate(image, lib, seed=11, calibration=cal, n_start=len(RGB), delta=0)
-    assert ds.attrs["parameters"]["calibration"]["out_of_gamut"] == []
+    assert decode(ds.attrs)["parameters"]["calibration"]["out_of_gamut"] == []
     regen = ds.counts.sum(("y", "x")).values.astype(float)
     data = scan.sum(("y", "x")).values.astype(float)
     assert cosine(data, regen) <= 0.002
@@ -157,7 +158,7 @@ def test_out_of_gamut_colours_fall_back_and_are_reported(cal, lib):
     img[:, 16:] = (40, 40, 40)  # dark grey: far from every calibrated colour
     with pytest.warns(UserWarning, match="outside the calibrated gamut"):
         ds = g.generate(img, lib, seed=1, calibration=cal, n_start=2, delta=0)
-    rep = ds.attrs["parameters"]["calibration"]
+    rep = decode(ds.attrs)["parameters"]["calibration"]
     assert len(rep["out_of_gamut"]) == 1
     assert rep["out_of_gamut_rgb"] == [[40, 40, 40]]
 
@@ -270,8 +271,8 @@ def test_cli_calibrate_then_generate_batch(scan, image, lib, tmp_path, capsys):
                  "--library", str(libfile), "--n-start", str(len(RGB)), "--delta", "0",
                  "--no-progress"]) == 0
     ds = open_cube(store)
-    assert ds.attrs["parameters"]["calibration"]["out_of_gamut"] == []
-    assert ds.attrs["instrument"]["fano"] == pytest.approx(cal.instrument.fano)
+    assert decode(ds.attrs)["parameters"]["calibration"]["out_of_gamut"] == []
+    assert decode(ds.attrs)["instrument"]["fano"] == pytest.approx(cal.instrument.fano)
     assert int(ds.counts.sum()) == pytest.approx(float(scan.sum()), rel=0.02)
     bstore = tmp_path / "batch.zarr"
     assert main(["batch", str(photo), "-o", str(bstore), "--calibration", str(out),
