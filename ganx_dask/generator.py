@@ -30,7 +30,7 @@ from ._version import __version__
 from .attrs import CONVENTIONS, RGB8, encode, pixel_coord_attrs
 from .clustering import _check_params, fit_iterative_kmeans, predict_labels, subsample_pixels
 from .energy import EnergyAxis, as_energy_axis
-from .errors import ConfigError, EnergyAxisError, GanxError, ImageError, PigmentError
+from .errors import ConfigError, EnergyAxisError, GanxError, ImageError
 from .io import file_sha256, read_image
 from .matching import _check_params as _check_match_params
 from .matching import canonical_mode, cluster_distributions
