@@ -570,7 +570,8 @@ def rechunk(source: str | os.PathLike, dest: str | os.PathLike, *, chunk: int = 
     import zarr
 
     from .errors import StoreExistsError
-    from .store import _clear_store, _is_zarr_node, open_cube, to_zarr
+    from .storage import location
+    from .store import open_cube, to_zarr
 
     src, dst = Path(os.fspath(source)), Path(os.fspath(dest))
     if int(chunk) != chunk or chunk < 1:
@@ -582,10 +583,11 @@ def rechunk(source: str | os.PathLike, dest: str | os.PathLike, *, chunk: int = 
         if not overwrite:
             raise StoreExistsError(f"store {str(dst)!r} already exists; pass overwrite=True "
                                    "(--overwrite) to replace it")
-        if not _is_zarr_node(dst):
+        target = location(dst)
+        if not target.is_zarr_node():
             raise GanxError(f"{str(dst)!r} exists and is not a Zarr store: refusing to "
                             "overwrite it")
-        _clear_store(dst)
+        target.clear_zarr_node()
     if groups == [None]:
         return to_zarr(open_cube(src), dst, region=int(chunk), progress=progress)
     root_attrs = dict(zarr.open_group(str(src), mode="r").attrs)
