@@ -244,9 +244,14 @@ def _write_template(ds: xr.Dataset, path: Location, group, region, codec, fp: st
                  region_size=list(region), fingerprint=fp)
     attrs["resumed"] = []  # a dataset read from another store carries that store's history
     attrs = encode(attrs)
+    # the group appears with its fingerprint in one metadata write: a process killed at any
+    # later point leaves a group that resume recognises (``template_complete`` still False) and
+    # rewrites, never a bare group that looks foreign ("not written by ganx_dask.store")
+    zarr.create_group(path.zarr_store(), path=group or "", overwrite=True, attributes=attrs,
+                      zarr_format=3)
     small = ds.drop_vars(CUBE)
     small.attrs = attrs
-    small.to_zarr(path.zarr_store(), group=group, mode="w", zarr_format=3, consolidated=False)
+    small.to_zarr(path.zarr_store(), group=group, mode="a", zarr_format=3, consolidated=False)
     cube = ds[[CUBE]]
     cube.attrs = attrs
     enc = {CUBE: cube_encoding(region, ds[CUBE].shape[2], codec)}

@@ -169,6 +169,32 @@ def test_interrupt_then_resume_is_byte_identical(reference, tmp_path):
     assert COMPUTED_BLOCKS == []
 
 
+@pytest.mark.parametrize("killed_at", [0, 1])
+def test_killed_while_writing_the_template_resumes(reference, tmp_path, monkeypatch, killed_at):
+    """A process killed inside the template (the two xarray writes) leaves a group that resume
+    recognises and rewrites; a batch task retried after a worker died depends on this."""
+    path = tmp_path / "template.zarr"
+    real, calls = xr.Dataset.to_zarr, []
+
+    def dying(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > killed_at:
+            raise KeyboardInterrupt("simulated kill inside the template")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", dying)
+    with pytest.raises(KeyboardInterrupt):
+        store.to_zarr(_dataset(), path, group="img")
+    monkeypatch.setattr(xr.Dataset, "to_zarr", real)
+    attrs = store._open_group(path, "img").attrs
+    assert "fingerprint" in attrs and attrs["template_complete"] == 0
+    with dask.config.set(scheduler="synchronous"):
+        store.to_zarr(_dataset(), path, group="img", resume=True)
+    ref = tmp_path / "ref.zarr"
+    store.to_zarr(_dataset(), ref, group="img")
+    assert (_tree_hashes(path / "img", True) == _tree_hashes(ref / "img", True))
+
+
 def test_lost_records_are_recomputed_identically(reference, tmp_path):
     import shutil
 
