@@ -18,6 +18,7 @@ nested dicts of stores written by ganx-dask 0.1.0 (they pass through :func:`deco
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from numbers import Number
 from typing import Any
@@ -49,16 +50,21 @@ def pixel_coord_attrs(dim: str, pixel_size: float | None = None) -> dict:
     return out
 
 
-def plain(obj: Any) -> Any:
-    """``obj`` with numpy scalars/arrays and tuples turned into plain Python (JSON-ready)."""
+def plain(obj: Any, *, finite: bool = False) -> Any:
+    """``obj`` with numpy scalars/arrays and tuples turned into plain Python (JSON-ready).
+
+    ``finite=True`` also turns NaN and ±inf into ``None`` (strict JSON has no such numbers).
+    """
     if isinstance(obj, Mapping):
-        return {str(k): plain(v) for k, v in obj.items()}
+        return {str(k): plain(v, finite=finite) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [plain(v) for v in obj]
+        return [plain(v, finite=finite) for v in obj]
     if isinstance(obj, np.ndarray):
-        return plain(obj.tolist())
+        return plain(obj.tolist(), finite=finite)
     if isinstance(obj, np.generic):
-        return obj.item()
+        obj = obj.item()
+    if finite and isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj
 
 

@@ -54,6 +54,7 @@ import numpy as np
 import xarray as xr
 
 from ._version import __version__
+from .attrs import plain
 from .errors import ConfigError, EnergyAxisError, GanxError, ImageError, PigmentError
 
 __all__ = ["Calibration", "ColourModel", "calibrate", "background_components",
@@ -439,7 +440,7 @@ class Calibration:
             "background": {k: v.to_dict(digits=17) for k, v in self.background.items()},
             "colour_model": self.colour.to_dict(),
             "library": dict(self.library),
-            "diagnostics": _jsonable(self.diagnostics),
+            "diagnostics": plain(self.diagnostics, finite=True),
         }
 
     def to_json(self, path, *, overwrite: bool = True) -> Path:
@@ -646,23 +647,6 @@ class Calibration:
         if path is not None:
             fig.savefig(path, dpi=120)
         return fig
-
-
-def _jsonable(o):
-    if isinstance(o, dict):
-        return {str(k): _jsonable(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _jsonable(o.tolist())
-    if isinstance(o, (np.bool_, bool)):
-        return bool(o)
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (float, np.floating)):
-        v = float(o)
-        return v if math.isfinite(v) else None
-    return o
 
 
 def as_calibration(calibration) -> Calibration | None:
