@@ -227,6 +227,23 @@ def markdown(res: dict) -> str:
                 + (f"{g['wall_s'] / x['wall_s']:.1f}× | {g['cpu_s'] / x['cpu_s']:.1f}× | "
                    if ok else "– | – | ") + f"{x['wall_s'] / d['wall_s']:.2f} |")
         lines.append("")
+    lines += ["### In-process: the work after the imports (stage times reported by each process)",
+              "", "ganx: `generate_xrf()` (its cube stays in memory); ganx-dask: `generate()` + "
+              "the write (Monte Carlo, encode, store). Interpreter start and imports excluded "
+              "on both sides.", "",
+              "| size | ganx s | ganx-dask `to_zarr` s | ratio | ganx-dask `ds.to_zarr` s | ratio |",
+              "|---|---|---|---|---|---|"]
+    for row in res["compare"]:
+        g = (row.get("ganx") or {}).get("result") or {}
+        cells = []
+        for key in ("ganx_dask", "ganx_dask_xarray"):
+            r = (row.get(key) or {}).get("result") or {}
+            t = r["t_generate_s"] + r["t_write_s"] if r else None
+            cells += [f"{t:.2f}" if t else "–",
+                      f"{g['t_generate_s'] / t:.1f}×" if t and g else "–"]
+        lines.append(f"| {row['size']}² | " + (f"{g['t_generate_s']:.1f}" if g else "–")
+                     + " | " + " | ".join(cells) + " |")
+    lines.append("")
     lines += ["## ganx-dask streaming to Zarr", "",
               "| size | wall s | CPU s | CPU-s per raw GB | Gvox/s (end to end) | "
               "Gvox/s (write phase) | peak RSS | raw | stored | ratio |",
