@@ -131,6 +131,34 @@ def test_poisson_per_channel_statistics():
     assert stats.chi2.sf(float((z ** 2).sum()), z.size) > 1e-4
 
 
+def test_poisson_rows_split_gives_independent_poissons():
+    """Channels drawn as photons (Poisson splitting) and as variates: every channel an
+    independent Poisson of mean λ·d (mean, variance, zero covariance), whatever its set."""
+    d = _spectra(K=2, E=32, seed=5)
+    B, lam = 40_000, 30.0
+    rows = np.repeat(np.arange(2), B // 2)
+    split = pc._Split(d, lam)
+    assert all(0 < b.size < (d[u] > 0).sum() for u, b in enumerate(split.big))
+    c = pc.poisson_rows(np.random.default_rng(11), np.full(B, lam), d, rows, split)
+    for u in range(2):
+        x = c[rows == u].astype(float)
+        n, m = x.shape[0], lam * d[u]
+        ok = m > 0
+        assert np.all(x[:, ~ok] == 0)
+        zm = (x.mean(0)[ok] - m[ok]) / np.sqrt(m[ok] / n)
+        assert np.max(np.abs(zm)) < 4.5, zm
+        # Poisson: variance = mean (sd of the sample variance ≈ sqrt((m + 2m²)/n))
+        zv = (x.var(0, ddof=1)[ok] - m[ok]) / np.sqrt((m[ok] + 2 * m[ok] ** 2) / n)
+        assert np.max(np.abs(zv)) < 5, zv
+        small = np.setdiff1d(np.flatnonzero(ok), split.big[u])
+        i, j = small[np.argsort(m[small])[-2:]]  # the two largest photon-drawn channels
+        r = np.corrcoef(x[:, i], x[:, j])[0, 1]
+        assert abs(r) < 5 / math.sqrt(n), r  # independent, not multinomial (r < 0)
+        # the photon-drawn total is Poisson too: its variance equals its mean
+        t = x[:, small].sum(1)
+        assert abs(t.var(ddof=1) / t.mean() - 1) < 5 * math.sqrt(2 / (n - 1))
+
+
 @pytest.mark.parametrize("model", ["fixed", "poisson"])
 def test_per_channel_agrees_with_the_per_photon_path(model, monkeypatch):
     N = 2000
