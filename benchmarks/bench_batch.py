@@ -6,7 +6,7 @@
 
 The big image is the bundled demo image resized to ``side``²; the small images are its
 ``tiles``² crops (exactly the same pixels).  Each case is one ``ganx-dask batch`` process (same
-command, same default threaded scheduler) measured from outside (``_measure.py``: wall, CPU of
+command, same scheduler: the default, worker processes, or ``--scheduler``) measured from outside (``_measure.py``: wall, CPU of
 the process tree, peak RSS); utilisation = CPU-s / (wall-s × cores).  The 64² case prints
 images/s and where the time goes (``cProfile`` of an in-process run, top cumulative entries).
 Parameters: N=400, 1024 channels, N_start=10, δ=2 (the benchmark's ``PARAMS``).  Prints the load
@@ -46,8 +46,9 @@ def make_tiles(work: Path, side: int, tile: int) -> tuple[Path, Path]:
     demo = Image.open(ROOT / "ganx_dask" / "data" / "demo.png").convert("RGB")
     arr = np.asarray(demo.resize((side, side), Image.BILINEAR))
     big_dir = work / f"big{side}"
-    big_dir.mkdir()
-    Image.fromarray(arr).save(big_dir / "big.png")
+    if not big_dir.exists():  # the 64² case may reuse the side of the first case
+        big_dir.mkdir()
+        Image.fromarray(arr).save(big_dir / "big.png")
     small = work / f"tiles{tile}"
     small.mkdir()
     for i in range(side // tile):
@@ -105,16 +106,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--small-only", action="store_true")
     ap.add_argument("--profile", action="store_true", help="profile the 64² case")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--scheduler", default=None, help="ganx-dask batch --scheduler (default: "
+                    "the command's default)")
     a = ap.parse_args(argv)
+    extra = ["--scheduler", a.scheduler] if a.scheduler else []
     work = Path(tempfile.mkdtemp(prefix="ganx-bench-batch-", dir=a.workdir))
-    res: dict = {"load_start": _load(), "cores": os.cpu_count(), "params": PARAMS}
+    res: dict = {"load_start": _load(), "cores": os.cpu_count(), "params": PARAMS,
+                 "scheduler": a.scheduler or "default"}
     try:
         if not a.small_only:
             big, tiles = make_tiles(work, a.side, a.tile)
             n = (a.side // a.tile) ** 2
-            res["one_big"] = measure(big, work / "big.zarr", 1)
+            res["one_big"] = measure(big, work / "big.zarr", 1, extra)
             print(f"1 × {a.side}²: {json.dumps(res['one_big'])}  load {_load()}", flush=True)
-            res["tiles"] = measure(tiles, work / "tiles.zarr", n)
+            res["tiles"] = measure(tiles, work / "tiles.zarr", n, extra)
             print(f"{n} × {a.tile}²: {json.dumps(res['tiles'])}  load {_load()}", flush=True)
             b, t = res["one_big"], res["tiles"]
             res["wall_ratio"] = t["wall_s"] / b["wall_s"]
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
             files = sorted(small.iterdir())
             for f in files[a.n_small:]:
                 f.unlink()
-            res["small64"] = measure(small, work / "s64.zarr", a.n_small)
+            res["small64"] = measure(small, work / "s64.zarr", a.n_small, extra)
             s = res["small64"]
             print(f"{a.n_small} × 64²: {s['images_per_s']:.1f} images/s, wall {s['wall_s']:.1f} s, "
                   f"CPU {s['cpu_s']:.1f} s, utilisation {s['utilisation']:.0%}, peak RSS "

@@ -57,10 +57,12 @@ def test_image_sizes_exercise_both_paths(folder):
     assert image_pixels(folder / "broken.png") is None
 
 
-def test_concurrent_threads_give_the_sequential_bytes_and_manifest(folder, sequential, tmp_path):
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_concurrent_pools_give_the_sequential_bytes_and_manifest(folder, sequential, tmp_path,
+                                                                 scheduler):
     seq, seq_report = sequential
     out = tmp_path / "ds.zarr"
-    with dask.config.set(scheduler="threads", num_workers=3):
+    with dask.config.set(scheduler=scheduler, num_workers=3):
         report = run_batch([folder], out, {"seed": 3, "generation": GEN})
     names = sorted(SIZES)
     assert report.generated == seq_report.generated == names  # input (file name) order

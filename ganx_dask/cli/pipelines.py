@@ -18,6 +18,10 @@ from ..errors import ConfigError
 __all__ = ["register"]
 
 
+#: Where ``ganx-dask batch`` runs without ``--scheduler``/``--cluster-config``: local worker
+#: processes, one image (or region of a large image) each (``pipelines/image_pool.py``).
+BATCH_DEFAULT_SCHEDULER = "processes"
+
 #: Generation options that only a config file can set (arrays, mappings).
 _CONFIG_ONLY = ("luminosity",)
 
@@ -81,6 +85,8 @@ def _run_batch(args: argparse.Namespace) -> int:
 
     cfg = load_batch_config(args.config)
     scheduler, cluster_config = _where(args, cfg)
+    if scheduler is None and cluster_config is None:
+        scheduler = BATCH_DEFAULT_SCHEDULER
     gen = _generation_overrides(args, args.gen_keys)
     if args.dry_run:  # validation and draws only: no scheduler, nothing written
         report = run_batch(args.images or None, args.output, args.config, seed=args.seed,

@@ -10,10 +10,13 @@ instead of one after another:
   other images), then its regions are queued as separate tasks on the same pool, and its store is
   finished when the last one is done.
 
-The pool is the active scheduler's: a ``distributed.Client`` (tasks on its workers), or for
-dask's local threaded scheduler a thread pool of ``num_workers`` threads (default: the CPU
-count).  With the ``synchronous`` or ``processes`` scheduler the images run one after another,
-each spread over that scheduler region by region (the behaviour before concurrent batches).
+The pool is the active scheduler's: a ``distributed.Client`` (tasks on its workers); for
+dask's local ``processes`` scheduler a pool of ``num_workers`` single-threaded worker processes
+(default: the CPU count; ``forkserver`` start, the heavy imports done once in the fork server,
+the batch's library sent once per worker), the default of ``ganx-dask batch``; for the local
+threaded scheduler a thread pool of ``num_workers`` threads (the Python-heavy per-image work of
+many small images then contends for the GIL).  With the ``synchronous`` scheduler the images
+run one after another, each region by region.
 
 Every image's bytes come from its own seed and per-tile random streams, so the store of an image
 is identical whichever way, order or worker it runs on.
@@ -162,6 +165,8 @@ def run_image(path: str, library, seed: int, gen: Mapping[str, Any], out: str, g
     from ..generator import generate
     from ..store import to_zarr
 
+    if isinstance(library, _WorkerLibrary):
+        library = _WORKER["library"]
     shape = None
     # a new image's group did not exist when the batch started: if it exists now, an earlier
     # attempt of this very task wrote it (a worker died, distributed retried): finish it
@@ -262,17 +267,94 @@ class _ClientPool:
         pass
 
 
-def _pool():
+class _WorkerLibrary:
+    """Stands for the batch's library in a task: the worker process's copy (sent once)."""
+
+
+#: State of a worker process of :class:`_ProcessPool` (set by :func:`_init_worker`).
+_WORKER: dict[str, Any] = {}
+
+#: Imported once by the fork server, so that every worker process starts with them.
+_PRELOAD = ["ganx_dask.pipelines.image_pool", "ganx_dask.generator", "ganx_dask.store",
+            "ganx_dask.sampling", "sklearn.cluster", "sklearn.metrics", "threadpoolctl"]
+
+
+def _init_worker(library: bytes) -> None:
+    """Initialiser of a worker process: single-threaded numerics, the batch's library."""
+    import pickle
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)  # one image per process: no BLAS/OpenMP oversubscription
+    dask.config.set(scheduler="synchronous")  # nested computations stay in the task
+    _WORKER["library"] = pickle.loads(library)
+
+
+def _compute_pickled(task: bytes) -> Any:
+    """Compute one cloudpickled delayed region task in a worker process."""
+    import cloudpickle
+
+    return dask.compute(cloudpickle.loads(task), scheduler="synchronous")[0]
+
+
+class _ProcessPool:
+    """``n`` single-threaded worker processes (dask's local ``processes`` scheduler).
+
+    Workers are forked from a fork server that imported the heavy modules once
+    (:data:`_PRELOAD`), so each costs a fork, not an interpreter start; the batch's library
+    (with the spectra it rendered) goes to each worker once, not with every task.
+    """
+
+    def __init__(self, n: int, library) -> None:
+        import multiprocessing as mp
+        import pickle
+
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        ctx = mp.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(_PRELOAD)
+        self.n = n
+        self._ex = cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx,
+                                          initializer=_init_worker,
+                                          initargs=(pickle.dumps(library),))
+        self._library = library
+
+    def submit(self, fn, *args):
+        return self._ex.submit(fn, *args)
+
+    def submit_tasks(self, tasks: Sequence) -> list:
+        import cloudpickle
+        from dask.delayed import Delayed
+        from dask.optimization import cull
+
+        # each task with only its own part of the graph (≈ 0.3 MB), not the whole image's
+        return [self._ex.submit(_compute_pickled, cloudpickle.dumps(
+            Delayed(t.key, cull(dict(t.__dask_graph__()), [t.key])[0]))) for t in tasks]
+
+    def share(self, obj):
+        return _WorkerLibrary() if obj is self._library else obj
+
+    wait_first = staticmethod(_ThreadPool.wait_first)
+
+    def close(self, cancel: bool) -> None:
+        self._ex.shutdown(wait=True, cancel_futures=cancel)
+
+
+def _pool(library):
     """The pool of the active scheduler, or ``None`` to run images one after another."""
     from ..store import active_client
 
     client = active_client()
     if client is not None:
         return _ClientPool(client)
-    if dask.config.get("scheduler", None) in (None, "threads", "threading"):
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler in (None, "threads", "threading", "processes", "multiprocessing"):
         from dask.system import CPU_COUNT
 
-        return _ThreadPool(int(dask.config.get("num_workers", None) or CPU_COUNT))
+        n = int(dask.config.get("num_workers", None) or CPU_COUNT)
+        if scheduler in ("processes", "multiprocessing"):
+            return _ProcessPool(n, library)
+        return _ThreadPool(n)
     return None
 
 
@@ -306,7 +388,7 @@ def run_images(jobs: Sequence[ImageJob], out: str, library, gen: Mapping[str, An
         images run one after another).
     """
     library = spectra_memo(library)
-    pool = _pool()
+    pool = _pool(library)
     if pool is None:
         for job in jobs:
             job_gen, job_lib = job.options(gen, library)
@@ -370,11 +452,15 @@ def _queue_regions(pool, job: ImageJob, out: str, library, gen, pending: dict,
 
     shape = None
     job_gen, job_lib = job.options(gen, library)
+    # with worker processes, this process's own computations (fit sample, template) use threads
+    local = dask.config.set(scheduler="threads") if isinstance(pool, _ProcessPool) else (
+        _nullcontext())
     try:
-        ds = generate(job.path, job_lib, seed=job.seed, **job_gen)
-        ds.attrs.update(job.attrs or {})
-        shape = [int(ds.sizes["y"]), int(ds.sizes["x"])]
-        plan = plan_write(ds, out, group=job.name, **job.mode)
+        with local:
+            ds = generate(job.path, job_lib, seed=job.seed, **job_gen)
+            ds.attrs.update(job.attrs or {})
+            shape = [int(ds.sizes["y"]), int(ds.sizes["x"])]
+            plan = plan_write(ds, out, group=job.name, **job.mode)
     except GanxError as exc:
         report(job, shape, str(exc))
         return
