@@ -159,3 +159,25 @@ def test_predict_is_lazy():
     with dask.config.set(scheduler=boom):
         lab = predict_labels(img, m)
     assert lab.data.chunks == ((32, 32, 32), (32, 32, 32))
+
+
+def test_silhouette_and_distances_are_scikit_learns_bit_for_bit():
+    """The vectorised silhouette and the integer distance matrix reproduce scikit-learn's
+    ``silhouette_score``/``pairwise_distances`` exactly (cube bytes depend on the chosen k)."""
+    from sklearn.metrics import pairwise_distances, silhouette_score
+
+    from ganx_dask.clustering import _silhouette, distance_matrix
+
+    rng = np.random.default_rng(4)
+    for n, k in [(5, 2), (40, 3), (300, 7), (1024, 12), (700, 9)]:
+        px = rng.integers(0, 256, (n, 3)).astype(np.uint8)
+        if n == 700:
+            px = px // 64 * 64  # duplicate colours: zero distances, ties
+        d = distance_matrix(px)
+        np.testing.assert_array_equal(d, pairwise_distances(px.astype(np.float64)))
+        lab = rng.integers(0, k, n) * 5 + 2  # any label values; singletons possible
+        lab[:2] = [2, 7]  # at least two clusters
+        assert _silhouette(d, lab) == silhouette_score(d, lab, metric="precomputed")
+    d = distance_matrix(np.zeros((4, 3), np.uint8))
+    assert np.isnan(_silhouette(d, np.zeros(4, int)))  # one cluster
+    assert np.isnan(_silhouette(d, np.arange(4)))  # n clusters

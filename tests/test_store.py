@@ -171,21 +171,28 @@ def test_interrupt_then_resume_is_byte_identical(reference, tmp_path):
 
 @pytest.mark.parametrize("killed_at", [0, 1])
 def test_killed_while_writing_the_template_resumes(reference, tmp_path, monkeypatch, killed_at):
-    """A process killed inside the template (the two xarray writes) leaves a group that resume
-    recognises and rewrites; a batch task retried after a worker died depends on this."""
+    """A process killed inside the template (the xarray write of the small variables, then the
+    ``counts`` metadata) leaves a group that resume recognises and rewrites; a batch task
+    retried after a worker died depends on this."""
+    import zarr
+
     path = tmp_path / "template.zarr"
-    real, calls = xr.Dataset.to_zarr, []
+    calls = []
 
-    def dying(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) > killed_at:
-            raise KeyboardInterrupt("simulated kill inside the template")
-        return real(self, *args, **kwargs)
+    def dying(real):
+        def write(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > killed_at:
+                raise KeyboardInterrupt("simulated kill inside the template")
+            return real(*args, **kwargs)
+        return write
 
-    monkeypatch.setattr(xr.Dataset, "to_zarr", dying)
-    with pytest.raises(KeyboardInterrupt):
-        store.to_zarr(_dataset(), path, group="img")
-    monkeypatch.setattr(xr.Dataset, "to_zarr", real)
+    with monkeypatch.context() as m:
+        m.setattr(xr.Dataset, "to_zarr", dying(xr.Dataset.to_zarr))
+        m.setattr(zarr, "create_array", dying(zarr.create_array))
+        with pytest.raises(KeyboardInterrupt):
+            store.to_zarr(_dataset(), path, group="img")
+    assert len(calls) == killed_at + 1
     attrs = store._open_group(path, "img").attrs
     assert "fingerprint" in attrs and attrs["template_complete"] == 0
     with dask.config.set(scheduler="synchronous"):
