@@ -139,6 +139,47 @@ def test_stream_reads_each_patch_once_seeded_and_matches_map_style(single, batch
     assert sum(1 for _ in PatchDataset(batch, "labels").stream()) == N_IMAGES * 2
 
 
+def test_batched_stream_equals_collated_stream_and_counts_dtypes(single):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ganx_dask.ml import Log1p, PatchDataset
+
+    ds = PatchDataset(single, ["abundance", "labels"], patch=64, seed=4)
+    ref = list(DataLoader(ds.stream(), batch_size=4))  # default collate, one process
+    got = list(DataLoader(ds.stream(batch_size=4), batch_size=None))
+    assert [len(b[0]) for b in got] == [4, 2]
+    for (x, t), (rx, rt) in zip(got, ref, strict=True):
+        assert x.dtype == torch.float32 and x.shape == rx.shape
+        assert torch.equal(x, rx) and t.keys() == rt.keys()
+        assert all(torch.equal(t[k], rt[k]) for k in t)
+    with pytest.raises(TypeError, match="no exact length"):
+        len(ds.stream(batch_size=4))
+    # two workers: each builds its own batches in shared memory; same patches as map-style
+    items = {ds[k][0].numpy().tobytes() for k in range(len(ds))}
+    seen = []
+    for x, t in DataLoader(ds.stream(batch_size=2), batch_size=None, num_workers=2):
+        assert x.shape[1:] == (E, 64, 64) and t["labels"].shape[0] == x.shape[0]
+        seen += [x[b].numpy().tobytes() for b in range(x.shape[0])]
+    assert len(seen) == len(ds) and set(seen) == items
+    # stored uint16 counts shipped unconverted, channels last; int32 exact too
+    c_ref = _stored(single, None)[0]
+    u = PatchDataset(single, "labels", dtype=torch.uint16, layout="hwc")
+    i32 = PatchDataset(single, "labels", dtype="int32")
+    xs, _ = next(iter(u.stream(batch_size=len(u), shuffle=False)))
+    for k in range(len(u)):
+        _, y0, x0 = u.position(k)
+        xu, xi = u[k][0], i32[k][0]
+        assert xu.dtype == xs.dtype == torch.uint16 and xi.dtype == torch.int32
+        np.testing.assert_array_equal(xu.numpy(), c_ref[y0:y0 + 64, x0:x0 + 64])
+        np.testing.assert_array_equal(xs[k].numpy(), xu.numpy())
+        np.testing.assert_array_equal(xi.numpy().transpose(1, 2, 0), xu.numpy())
+    with pytest.raises(GanxError, match="cannot hold the float counts"):
+        PatchDataset(single, "labels", dtype=torch.int32, transforms=[Log1p()])[0]
+    with pytest.raises(GanxError, match="dtype must be"):
+        PatchDataset(single, "labels", dtype="uint8")
+
+
 def test_targets_random_mode_elements_rgb_layout(single):
     import torch
 
@@ -254,3 +295,29 @@ def test_xbatcher_recipe_keeps_energy_and_pigment(single):
     np.testing.assert_allclose(y.numpy().transpose(1, 2, 0),
                                cube.xrf.abundance_map().isel(y=slice(0, 64),
                                                              x=slice(64, 128)).values, rtol=1e-6)
+
+
+def test_patches_from_an_s3_store_equal_the_local_copy(s3, single):
+    """The same store on a real S3-compatible server (moto, own process): same patches and
+    targets, map-style and streamed through two DataLoader workers."""
+    from torch.utils.data import DataLoader
+
+    from ganx_dask.ml import PatchDataset
+
+    from .s3_server import BUCKET
+
+    url = f"s3://{BUCKET}/ml/one.zarr"
+    ganx_dask.to_zarr(ganx_dask.open_cube(single), url, region=128)
+    local = PatchDataset(single, ["abundance", "labels"], patch=64)
+    remote = PatchDataset(url, ["abundance", "labels"], patch=64)
+    assert len(remote) == len(local) == 6 and remote.pigments == local.pigments
+
+    def items(it):
+        return sorted((x.numpy().tobytes(), t["abundance"].numpy().tobytes(),
+                       t["labels"].numpy().tobytes()) for x, t in it)
+
+    ref = items(local[k] for k in range(len(local)))
+    assert items(remote[k] for k in range(len(remote))) == ref
+    got = DataLoader(remote.stream(batch_size=2), batch_size=None, num_workers=2)
+    assert items((x[b], {k: v[b] for k, v in t.items()}) for x, t in got
+                 for b in range(x.shape[0])) == ref

@@ -2,18 +2,14 @@
 127.0.0.1) written to through ``s3://`` URLs — byte-identical to local runs, lazily readable,
 resumable; wrong credentials, missing buckets and unsupported schemes are one-line errors.
 
-The server runs for this module only and is stopped at teardown; when it cannot start (moto's
-server extra missing, no free port) the S3 tests skip with the reason.
+The server (the ``s3`` fixture, :mod:`tests.s3_server`) runs for this module only and is stopped
+at teardown; when it cannot start (moto's server extra missing, no free port) the S3 tests skip
+with the reason.
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import dask
@@ -28,87 +24,10 @@ from ganx_dask.errors import GanxError, IncompleteStoreWarning
 from ganx_dask.storage import is_url, location
 from ganx_dask.store import open_cube, to_zarr
 
-BUCKET = "ganx-test"
-KEY_ID = "GANXTESTKEYID0001"
-SECRET = "ganx-test-secret-Zq8xPq3w"  # must never appear in an error, attr, manifest or log
+from .s3_server import BUCKET, KEY_ID, SECRET, fresh_clients, moto_get
+
 GEN_ARGS = ["--energy", "0.5:38.5:64", "--counts", "30", "--chunk", "64", "--n-start", "2",
             "--delta", "0", "--fit-samples", "2000", "--no-progress", "--seed", "5"]
-
-
-# ------------------------------------------------------------------------------ the server
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, data: bytes | None = None) -> bytes:
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "text/plain"})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        return r.read()
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A moto S3 server in its own process on 127.0.0.1; yields its endpoint URL.
-
-    The environment points the product at it through the standard variables only
-    (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``).
-    """
-    pytest.importorskip("s3fs", reason="s3fs (the [s3] extra) is not installed")
-    try:
-        import moto.server  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"moto's server mode is not installed (moto[server]): {exc}")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                                 "-p", str(port)], stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(600):  # bounded wait for the server to answer (start-up ≈ 1-5 s)
-            if proc.poll() is not None:
-                pytest.skip(f"moto server exited at start-up: {log.read_text()[-300:]}")
-            try:
-                _get(f"{endpoint}/moto-api/")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                try:
-                    proc.wait(timeout=0.05)
-                except subprocess.TimeoutExpired:
-                    pass
-        else:
-            pytest.skip("moto server did not answer on 127.0.0.1 within 30 s")
-        with pytest.MonkeyPatch.context() as mp:
-            for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
-                mp.delenv(var, raising=False)
-            missing = str(tmp_path_factory.mktemp("aws") / "none")
-            mp.setenv("AWS_CONFIG_FILE", missing)
-            mp.setenv("AWS_SHARED_CREDENTIALS_FILE", missing)
-            mp.setenv("AWS_ENDPOINT_URL", endpoint)
-            mp.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
-            mp.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-            mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
-            _fresh_clients()
-            fs = location(f"s3://{BUCKET}").fs()
-            fs.mkdir(BUCKET)
-            yield endpoint
-            _fresh_clients()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            proc.kill()
-            proc.wait()
-
-
-def _fresh_clients() -> None:
-    """Forget cached s3fs clients (they keep the credentials they were made with)."""
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def _objects(url: str) -> dict[str, bytes]:
@@ -215,17 +134,17 @@ def test_wrong_credentials_give_one_line_error_without_secret(s3, image, monkeyp
     wrong = "wrong-secret-Vb7Lq2Zp"
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "GANXWRONGKEY00001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", wrong)
-    _fresh_clients()
-    _get(f"{s3}/moto-api/reset-auth", b"0")  # the server checks credentials from now on
+    fresh_clients()
+    moto_get(f"{s3}/moto-api/reset-auth", b"0")  # the server checks credentials from now on
     try:
         rc = main(["generate", str(image), "-o", url, *GEN_ARGS, "--scheduler", "synchronous"])
         err = capsys.readouterr().err
         with pytest.raises(GanxError) as read_exc:
             open_cube(f"s3://{BUCKET}/runs/gen.zarr")
     finally:
-        _get(f"{s3}/moto-api/reset-auth", b"inf")
+        moto_get(f"{s3}/moto-api/reset-auth", b"inf")
         monkeypatch.undo()
-        _fresh_clients()
+        fresh_clients()
     assert rc == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and url in lines[0] and "access denied" in lines[0]
