@@ -127,8 +127,8 @@ def loader_rate(path: Path, workers: int, kind: str, epochs: int = 3) -> float:
 
     from ganx_dask.ml import PatchDataset
 
-    dtype = torch.uint16 if kind.endswith("u16") else torch.float32
-    ds = PatchDataset(path, "abundance", patch=PATCH, dtype=dtype)
+    kw = {"dtype": torch.uint16} if kind.endswith("u16") else {}
+    ds = PatchDataset(path, "abundance", patch=PATCH, **kw)
     bs, kw = 16, {}
     if kind == "map":
         src, kw = ds, {"shuffle": True, "generator": torch.Generator().manual_seed(0)}
@@ -156,15 +156,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--photons", type=int, default=400, help="photons per pixel")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers")
     ap.add_argument("--repeat", type=int, default=3, help="measurement rounds (medians)")
+    ap.add_argument("--loaders", default=",".join(LOADERS),
+                    help=f"comma-separated subset of {','.join(LOADERS)}")
     ap.add_argument("--json", help="write the results to this JSON file")
+    ap.add_argument("--store-dir", help="build the two stores here (kept; reused when present) "
+                    "instead of a temporary folder")
     args = ap.parse_args(argv)
+    loaders = [k for k in args.loaders.split(",") if k]
+    if set(loaders) - set(LOADERS):
+        ap.error(f"unknown loader(s) {sorted(set(loaders) - set(LOADERS))}")
     from ganx_dask.ml import rechunk
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_ml_"))
+    tmp = Path(args.store_dir or tempfile.mkdtemp(prefix="bench_ml_"))
     try:
         t0 = time.perf_counter()
-        make_store(tmp / "default.zarr", args.size, args.channels, args.photons, 256)
-        rechunk(tmp / "default.zarr", tmp / "train.zarr", chunk=PATCH)
+        if not (tmp / "train.zarr").exists():
+            make_store(tmp / "default.zarr", args.size, args.channels, args.photons, 256)
+            rechunk(tmp / "default.zarr", tmp / "train.zarr", chunk=PATCH)
         build = time.perf_counter() - t0
         res = {"size": args.size, "channels": args.channels, "photons": args.photons,
                "workers": args.workers, "patches_per_epoch": (args.size // PATCH) ** 2,
@@ -177,18 +185,19 @@ def main(argv: list[str] | None = None) -> dict:
                 reuse, fresh = ceiling(p, args.workers), ceiling(p, args.workers, reuse=False)
                 runs.setdefault("ceiling", []).append(max(reuse, fresh))
                 runs.setdefault("ceiling_fresh", []).append(fresh)
-                for kind in LOADERS:
+                for kind in loaders:
                     runs.setdefault(kind, []).append(loader_rate(p, args.workers, kind))
                 load.append(os.getloadavg())
             med = {k: float(np.median(v)) for k, v in runs.items()}
             res[layout] = {
                 **{f"{k}_patches_s": round(v, 1) for k, v in med.items()},
-                **{f"{k}_vs_ceiling": round(med[k] / med["ceiling"], 3) for k in LOADERS},
+                **{f"{k}_vs_ceiling": round(med[k] / med["ceiling"], 3) for k in loaders},
                 "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()}}
         res["loadavg_1min"] = [round(v[0], 2) for v in load]
         res["loadavg"] = [round(v, 2) for v in os.getloadavg()]
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.store_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(res, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))

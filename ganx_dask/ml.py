@@ -9,7 +9,8 @@ given as a local path or any URL zarr opens (``s3://…`` with ``storage_options
 name            tensor shape                      dtype      meaning
 ==============  ================================  =========  ======================================
 counts          ``(E, p, p)`` (``layout="chw"``)  float32    photon counts after ``transforms``
-                or ``(p, p, E)`` (``"hwc"``)                 (``E`` after rebinning)
+                or ``(p, p, E)`` (``"hwc"``)                 (``E`` after rebinning); other
+                                                             dtypes with ``dtype=``
 ``abundance``   ``(P, p, p)``                     float32    ground-truth pigment weights per pixel
                                                              (rows of ``abundance[labels]``; 0 at
                                                              ``labels == -1``); ``P`` pigments in
@@ -31,7 +32,14 @@ dataset pickles without them):
   chunks a 64² patch decodes 16× its size — use a training layout (:func:`rechunk` to 64²).
 * :meth:`PatchDataset.stream` (iterable): groups the patches by the zarr chunk they lie in, reads
   each chunk once, and shuffles within a buffer of chunks (chunk order shuffled per epoch, chunks
-  dealt to workers): near the store's decode rate at any chunk layout.
+  dealt to workers): the same decode work at any chunk layout.  ``stream(batch_size=B)`` yields
+  ready batches built in shared memory by the workers (``DataLoader(..., batch_size=None)``):
+  no per-patch tensor and no collate copy.
+
+Per patch, after decoding, the loader converts and transposes the counts in one pass straight
+into the output tensor (zarr decodes into a reused per-worker buffer); ``dtype=torch.uint16``
+skips the conversion and halves the bytes sent between processes (see docs/ml.md for measured
+rates against the decode ceiling).
 
 Randomness (patch positions, shuffling, Poisson thinning) comes from
 ``SeedSequence(seed, spawn_key=(8, …))`` keyed on the epoch, the image name and the patch
