@@ -514,9 +514,11 @@ class PatchDataset:
             rng = _rng(self.seed, 1, self.epoch, _key(img.name), y0, x0)
             for tf in self.transforms:
                 counts = tf(counts, rng)
-        if counts.dtype.kind == "f" and self.dtype.kind != "f":
-            raise GanxError(f"dtype={self.dtype} cannot hold the float counts of the transforms "
-                            "(use a float dtype)")
+        if self.dtype.kind != "f" and not np.can_cast(counts.dtype, self.dtype):
+            lim = np.iinfo(self.dtype)
+            if counts.dtype.kind == "f" or counts.min() < lim.min or counts.max() > lim.max:
+                raise GanxError(f"dtype={self.dtype} cannot hold the {counts.dtype} counts of "
+                                "the transforms (use a float or wider integer dtype)")
         if out is None:
             shape = counts.shape if self.layout == "hwc" else counts.shape[2:] + counts.shape[:2]
             out = _empty(shape, self.dtype)

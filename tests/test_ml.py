@@ -143,7 +143,7 @@ def test_batched_stream_equals_collated_stream_and_counts_dtypes(single):
     import torch
     from torch.utils.data import DataLoader
 
-    from ganx_dask.ml import Log1p, PatchDataset
+    from ganx_dask.ml import Log1p, PatchDataset, Rebin
 
     ds = PatchDataset(single, ["abundance", "labels"], patch=64, seed=4)
     ref = list(DataLoader(ds.stream(), batch_size=4))  # default collate, one process
@@ -174,8 +174,17 @@ def test_batched_stream_equals_collated_stream_and_counts_dtypes(single):
         np.testing.assert_array_equal(xu.numpy(), c_ref[y0:y0 + 64, x0:x0 + 64])
         np.testing.assert_array_equal(xs[k].numpy(), xu.numpy())
         np.testing.assert_array_equal(xi.numpy().transpose(1, 2, 0), xu.numpy())
-    with pytest.raises(GanxError, match="cannot hold the float counts"):
+    with pytest.raises(GanxError, match="cannot hold the float32 counts"):
         PatchDataset(single, "labels", dtype=torch.int32, transforms=[Log1p()])[0]
+    # Rebin sums to uint32: kept when the values fit uint16, refused when they do not
+    fits = PatchDataset(single, "labels", dtype=torch.uint16, transforms=[Rebin(4)])[0][0]
+    assert fits.dtype == torch.uint16 and fits.shape == (E // 4, 64, 64)
+    np.testing.assert_array_equal(fits.numpy().transpose(1, 2, 0),
+                                  c_ref[:64, :64].reshape(64, 64, E // 4, 4).sum(-1))
+    over = PatchDataset(single, "labels", dtype=torch.uint16,
+                        transforms=[lambda x, rng: x.astype(np.uint32) + 70000])
+    with pytest.raises(GanxError, match="cannot hold the uint32 counts"):
+        over[0]
     with pytest.raises(GanxError, match="dtype must be"):
         PatchDataset(single, "labels", dtype="uint8")
 
