@@ -229,6 +229,33 @@ def test_cli_batch_with_config_and_a_broken_image(folder, tmp_path, capsys):
     assert manifest["page_0"]["seed"] == image_seed(7, "page_0")
 
 
+def test_cli_batch_runs_on_worker_processes_unless_told_otherwise(folder, tmp_path, monkeypatch):
+    """``ganx-dask batch`` without --scheduler/--cluster-config (nor a config's) uses the local
+    ``processes`` pool; an explicit --scheduler or the config's ``scheduler`` wins."""
+    import contextlib
+
+    import ganx_dask.scheduling as scheduling
+
+    seen = []
+
+    @contextlib.contextmanager
+    def spy(scheduler=None, cluster_config=None, **kwargs):
+        seen.append((scheduler, cluster_config))
+        with dask.config.set(scheduler="synchronous"):  # the images themselves: quickly
+            yield None
+
+    monkeypatch.setattr(scheduling, "scheduler_context", spy)
+    img = str(folder / "page_0.png")
+    plain, threads = tmp_path / "plain.yaml", tmp_path / "threads.yaml"
+    plain.write_text(yaml.safe_dump({"generation": GEN}))
+    threads.write_text(yaml.safe_dump({"scheduler": "threads", "generation": GEN}))
+    assert main(["batch", img, "-o", str(tmp_path / "a.zarr"), "--config", str(plain)]) == 0
+    assert main(["batch", img, "-o", str(tmp_path / "b.zarr"), "--config", str(plain),
+                 "--scheduler", "synchronous"]) == 0
+    assert main(["batch", img, "-o", str(tmp_path / "c.zarr"), "--config", str(threads)]) == 0
+    assert seen == [("processes", None), ("synchronous", None), ("threads", None)]
+
+
 def test_shipped_example_config_is_valid():
     cfg = load_batch_config(Path(__file__).resolve().parents[1] / "pipelines/batch/config.yaml")
     assert cfg["output"].endswith("pipelines/batch/dataset.zarr")
