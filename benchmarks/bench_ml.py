@@ -16,8 +16,8 @@ layout (:func:`ganx_dask.ml.rechunk` to 64²), then measures 64² patches/s:
   chunk read once, shuffled within a 2-chunk buffer;
 * **stream_batched**: ``DataLoader(PatchDataset(...).stream(batch_size=16), batch_size=None,
   num_workers=W)`` — the same batches, built by the workers in shared memory (no collate copy);
-* **stream_batched_u16**: the same with ``dtype=torch.uint16`` (stored counts, no conversion;
-  half the bytes between processes).
+* **stream_batched_u16_hwc**: the same with ``dtype=torch.uint16, layout="hwc"`` (the stored
+  counts, channels last: no conversion, no transpose, half the bytes between processes).
 
 Every loader rate is the best epoch after the first (persistent workers: start-up excluded).
 Loader items are ``(E, 64, 64)`` tensors plus abundance targets (the conversion and the
@@ -117,7 +117,7 @@ def ceiling(path: Path, workers: int, reuse: bool = True) -> float:
     return n / (PATCH * PATCH * a.shape[2]) / dt
 
 
-LOADERS = ("map", "stream", "stream_batched", "stream_batched_u16")
+LOADERS = ("map", "stream", "stream_batched", "stream_batched_u16_hwc")
 
 
 def loader_rate(path: Path, workers: int, kind: str, epochs: int = 3) -> float:
@@ -127,7 +127,7 @@ def loader_rate(path: Path, workers: int, kind: str, epochs: int = 3) -> float:
 
     from ganx_dask.ml import PatchDataset
 
-    kw = {"dtype": torch.uint16} if kind.endswith("u16") else {}
+    kw = {"dtype": torch.uint16, "layout": "hwc"} if kind.endswith("u16_hwc") else {}
     ds = PatchDataset(path, "abundance", patch=PATCH, **kw)
     bs, kw = 16, {}
     if kind == "map":
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeat", type=int, default=3, help="measurement rounds (medians)")
     ap.add_argument("--loaders", default=",".join(LOADERS),
                     help=f"comma-separated subset of {','.join(LOADERS)}")
+    ap.add_argument("--layouts", default="default,train", help="which of default,train")
     ap.add_argument("--json", help="write the results to this JSON file")
     ap.add_argument("--store-dir", help="build the two stores here (kept; reused when present) "
                     "instead of a temporary folder")
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
                "workers": args.workers, "patches_per_epoch": (args.size // PATCH) ** 2,
                "build_s": round(build, 1)}
         load = [os.getloadavg()]
-        for layout in ("default", "train"):
+        for layout in args.layouts.split(","):
             p = tmp / f"{layout}.zarr"
             runs: dict[str, list[float]] = {}
             for _ in range(args.repeat):

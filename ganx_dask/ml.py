@@ -519,9 +519,9 @@ class PatchDataset:
             if counts.dtype.kind == "f" or counts.min() < lim.min or counts.max() > lim.max:
                 raise GanxError(f"dtype={self.dtype} cannot hold the {counts.dtype} counts of "
                                 "the transforms (use a float or wider integer dtype)")
-        if out is None:
+        if out is None:  # private memory: the collate copies it once into shared memory
             shape = counts.shape if self.layout == "hwc" else counts.shape[2:] + counts.shape[:2]
-            out = _empty(shape, self.dtype)
+            out = torch.from_numpy(np.empty(shape, self.dtype))
         if self.layout == "chw":
             _chw(counts, out.numpy())
         else:
