@@ -50,9 +50,8 @@ def _emit(d: dict) -> None:
 
 def _truth():
     sys.path.insert(0, str(ROOT))
-    from tests.test_calibration import NAMES, RGB, _truth
-
     import ganx_dask as g
+    from tests.test_calibration import NAMES, RGB, _truth
 
     lib = g.default_library().select(NAMES)
     return lib, _truth(lib), RGB

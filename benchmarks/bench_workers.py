@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import dask
 
-    from ganx_dask.scheduling import SCHEMAS, client_from_config
     from ganx_dask.generator import generate
     from ganx_dask.pipelines.config import validate
+    from ganx_dask.scheduling import SCHEMAS, client_from_config
     from ganx_dask.store import to_zarr
 
     img = _image(args.size)
