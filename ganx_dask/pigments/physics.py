@@ -1532,10 +1532,23 @@ def compute_components(pigment, instrument: Instrument | str | None = None) -> S
 # ------------------------------------------------------------------------------------------
 # detector response and rendering
 # ------------------------------------------------------------------------------------------
+#: |x/σ| from which Φ is exactly 0 or 1 and φ exactly 0 in float64 (Φ(−40) ≈ 1e-350).
+_SATURATED = 40.0
+
+
 def _box_cdf_term(x: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """F(x) = ∫_{-∞}^{x} Φ(t/σ) dt = x·Φ(x/σ) + σ·φ(x/σ)."""
+    """F(x) = ∫_{-∞}^{x} Φ(t/σ) dt = x·Φ(x/σ) + σ·φ(x/σ).
+
+    Evaluated only where ``|x/σ| < 40``; elsewhere ``F`` is exactly ``x`` or ``+0.0`` in float64
+    (the same bits as the full formula), which skips most of a box matrix's ``ndtr``/``exp``.
+    """
     u = x / sigma
-    return x * ndtr(u) + sigma * np.exp(-0.5 * u * u) / math.sqrt(2.0 * math.pi)
+    out = np.where(u > 0.0, x, 0.0)
+    band = np.abs(u) < _SATURATED
+    ub = u[band]
+    sb = np.broadcast_to(sigma, u.shape)[band]
+    out[band] = x[band] * ndtr(ub) + sb * np.exp(-0.5 * ub * ub) / math.sqrt(2.0 * math.pi)
+    return out
 
 
 def _tail_cdf_exact(x: np.ndarray, sigma: np.ndarray, beta: np.ndarray) -> np.ndarray:
