@@ -11,7 +11,11 @@ clusters, N=400 photons, E=1024 channels, uint16), numpy and numba engines, fixe
 
 Count levels (issue 12): µs of CPU per pixel at 400 / 4 000 / 26 000 / 100 000 photons per
 pixel (E=1024, one 64×64 tile, one core), "before" = the per-photon alias path forced for every
-tile, "after" = the count-adaptive choice (:func:`ganx_dask.per_channel.use_per_channel`).
+tile, "after" = the count-adaptive choice (:func:`ganx_dask.per_channel.use_per_channel`);
+on per-channel levels also "no_tables" (the same path with one ``rng.poisson`` variate per big
+channel, ``per_channel.TABLES = False``: the A/B of the per-row Poisson tables in one process)
+and "tables_build_ms", the one-off construction of the tables (memoised: the tiles of an image
+share them), with their size.
 CPU time (``time.process_time``), the minimum of the repetitions; the load average is printed
 with the results because the machine is shared.
 Prints one JSON line; ``python benchmarks/bench_sampler.py [--quick] [--levels-only]``.
@@ -62,8 +66,13 @@ def count_levels(reps: int = 3, levels=(400, 4000, 26000, 100000)) -> dict:
         for model in ("fixed", "poisson"):
             for engine in engines:
                 row = {}
-                for when, floor in (("before", 10**12), ("after", threshold)):
+                pcl = per_channel.use_per_channel(N, E)
+                variants = [("before", 10**12, True), ("after", threshold, True)]
+                if pcl:
+                    variants.append(("no_tables", threshold, False))
+                for when, floor, tables in variants:
                     per_channel.MIN_PHOTONS = floor
+                    per_channel.TABLES = tables
 
                     def call(N=N, model=model, engine=engine):
                         return sampling.sample_block(labels, prob, alias, seed=1, counts=N,
@@ -72,7 +81,17 @@ def count_levels(reps: int = 3, levels=(400, 4000, 26000, 100000)) -> dict:
                     call()  # warm-up (numba compile, page faults)
                     row[when] = round(_best(call, reps, time.process_time) / labels.size * 1e6, 2)
                 per_channel.MIN_PHOTONS = threshold
-                row["path"] = "per-channel" if per_channel.use_per_channel(N, E) else "per-photon"
+                per_channel.TABLES = True
+                row["path"] = "per-channel" if pcl else "per-photon"
+                if pcl and engine == "numpy":
+                    d = sampling.alias_distributions(prob, alias)
+                    lam = N - N ** 0.5 if model == "fixed" else float(N)
+                    split = per_channel._Split(d, lam)
+                    tab = per_channel.PoissonTables(d, lam, split.big)
+                    row["tables_build_ms"] = round(tab.build_seconds * 1e3, 1)
+                    row["tables_MB"] = round(tab.nbytes / 1e6, 2)
+                    row["tables_cells"] = int(tab.prob.size)
+                    row["big_channels"] = int(tab.mu.size)
                 res[f"{N}/{model}/{engine}"] = row
     res["loadavg"] = os.getloadavg()
     return res

@@ -1,10 +1,13 @@
 """Count-adaptive sampling: per-channel draws for tiles with many photons per pixel.
 
 The alias sampler (:mod:`ganx_dask.sampling`) costs one uniform and one table lookup per
-*photon*: ≈ 5–9 ns × N per pixel.  Drawing every *channel* instead costs ≈ 30–35 ns × E per
-pixel whatever N is (one numpy Poisson variate each; channels expecting < 4 counts are drawn
-as photons instead, :func:`poisson_rows`: −20–25 % on the benchmark's spectra).  Above
-``N ≈ 5·E`` photons per pixel the per-channel path is the cheaper one; :func:`use_per_channel` makes that choice per tile, from the
+*photon*: ≈ 5–9 ns × N per pixel.  Drawing every *channel* instead costs a bounded amount per
+channel whatever N is: channels expecting < ``SPLIT_MEAN`` = 4 counts are drawn as photons
+(:func:`poisson_rows`, Poisson splitting), the others ("big") one numpy Poisson variate each
+(≈ 30–100 ns, more for means ≳ 10) or, when every pixel of a row of ``dist`` shares its mean,
+one uniform and one alias lookup in a per-(row, channel) table of the Poisson law
+(:class:`PoissonTables`, ≈ 3× cheaper).  Above ``N ≈ 5·E`` photons per pixel the per-channel
+path is the cheaper one; :func:`use_per_channel` makes that choice per tile, from the
 parameters alone (count model, counts, scale map, detector effects, number of channels) and never
 from the chunking, the scheduler or the engine.
 
@@ -39,17 +42,35 @@ Pile-up (uniform energy axes)
     totals and their variances with the per-photon path at moderate counts.  Non-uniform axes
     (or axes starting below ``−w/2``) keep the per-photon path.
 
+Poisson tables
+--------------
+When the pixels of a row of ``dist`` share their mean — ``fixed`` without pile-up and blur
+(``λ = N − √N``), ``poisson`` without luminosity map, pile-up or blur (dead time included) —
+the big channels are drawn from :class:`PoissonTables`: per (row, channel) an alias table over
+``W`` cells, the support ``[lo, lo + W − 2]`` around ``μ`` (± 5 σ and more) and one *escape*
+cell holding the exact mass outside it (incomplete gamma functions); an escape is redrawn
+exactly from the tails.  The law is ``Poisson(μ)`` up to float64 rounding (the pmf from
+``exp(k·ln μ − μ − ln k!)``: relative error ≲ 10⁻¹¹ at μ ~ 10⁴).  The tables are memoised by
+content (spectra and λ, like :class:`_Split`; ≤ 64 sets and 256 MB): the tiles of an image
+share them.  Luminosity maps keep one ``rng.poisson`` variate per channel.  This changed the bits
+of per-channel ``fixed`` and ``poisson`` tiles (format 2, before its release); the per-photon
+path (≤ 5 120 counts at E = 1024) is unchanged.
+
 Determinism
 -----------
 A per-channel tile draws from its own stream ``PCG64(SeedSequence(seed, spawn_key=(7, ty,
 tx)))`` (:func:`channel_rng`), never from the per-photon stream ``(0, ty, tx)`` nor from the
-detector streams ``(4, …)``.  Valid pixels (label ≥ 0) are taken in row-major order in batches
-of at most ``2¹⁸`` voxels; per batch the stream is consumed as: (``fixed`` with pile-up) one
+detector streams ``(4, …)``.  Valid pixels (label ≥ 0) are taken in row-major order.  With
+Poisson tables the tile first draws the big channels of all its valid pixels
+(:meth:`PoissonTables.draw_rows`): rows of ``dist`` in ascending order; per row, its big
+channels in ascending order, for each one uniform per pixel of the row (pixels in order); then
+one uniform per escape of the row, in the same order.  Then the pixels are taken in batches of
+at most ``2¹⁸`` voxels; per batch the stream is consumed as: (``fixed`` with pile-up) one
 binomial per pixel; the Poisson step (:func:`poisson_rows`: without blur, and except pile-up
 with ``poisson``, channels whose mean at the tile's largest pixel mean is below ``SPLIT_MEAN``
 are drawn as a Poisson number of photons, one uniform each — exact by Poisson splitting —, the
-others one variate each; with blur or pile-up one Poisson per channel of each pixel, pixels in
-order); (``fixed``) one
+others one variate each unless the tables drew them; with blur or pile-up one Poisson per
+channel of each pixel, pixels in order); (``fixed``) one
 uniform per added photon, pixels in order (with blur first one per added photon for its
 cluster, then one each for its channel); then the removals (one uniform per candidate position,
 rounds until every pixel has its distinct positions).  All of it is numpy, so the numpy
@@ -76,6 +97,10 @@ __all__ = [
     "sample_tile",
 ]
 
+#: Draw the ``big`` channels from :class:`PoissonTables` when every pixel of a row shares its
+#: mean (``False`` forces one ``rng.poisson`` variate each: benchmarks' A/B only; it changes
+#: the bits).
+TABLES = True
 #: Spawn-key namespace of the per-channel Monte Carlo: ``(7, ty, tx)``.
 CHANNEL_KEY = 7
 #: A tile is drawn per channel when its mean photons per valid pixel reach this many per channel
@@ -195,9 +220,12 @@ def _remove_photons(rng, c, k) -> None:
 
 class _Split:
     """Which channels of each row of ``dist`` are drawn one Poisson variate each (``big``), and
-    the law of the others (their total mass ``small`` and alias tables of their shares)."""
+    the law of the others (their total mass ``small`` and alias tables of their shares).
 
-    def __init__(self, dist: np.ndarray, lam_ref: float):
+    With ``shared`` (every pixel of a row has the mean ``lam_ref``), the ``big`` channels are
+    drawn from :class:`PoissonTables` (``tables``) instead of ``rng.poisson``."""
+
+    def __init__(self, dist: np.ndarray, lam_ref: float, shared: bool = False):
         big = lam_ref * dist >= SPLIT_MEAN
         self.big = [np.flatnonzero(b) for b in big]
         rest = np.where(big, 0.0, dist)
@@ -205,25 +233,262 @@ class _Split:
         empty = self.small <= 0  # every channel big: no photons drawn, any table will do
         rest[empty] = 1.0
         self.draw = _AliasDraw.of(rest)
+        self.tables = PoissonTables(dist, lam_ref, self.big) if shared else None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.tables is None else self.tables.nbytes
 
     @classmethod
-    def of(cls, dist: np.ndarray, lam_ref: float) -> _Split:
-        """Memoised by content: the tiles of a block share their spectra and count level."""
+    def of(cls, dist: np.ndarray, lam_ref: float, shared: bool = False) -> _Split:
+        """Memoised by content: the tiles of a block share their spectra and count level.
+
+        At most 64 entries and ``_CACHE_BYTES`` of tables (the cache is emptied beyond)."""
         key = hashlib.blake2b(dist.tobytes() + np.float64(lam_ref).tobytes() + str(
-            dist.shape).encode(), digest_size=16).digest()
+            (dist.shape, bool(shared))).encode(), digest_size=16).digest()
         split = _SPLITS.get(key)
         if split is None:
-            if len(_SPLITS) >= 64:
+            split = cls(dist, lam_ref, shared)
+            if len(_SPLITS) >= 64 or sum(s.nbytes for s in _SPLITS.values()) \
+                    + split.nbytes > _CACHE_BYTES:
                 _SPLITS.clear()
-            split = _SPLITS[key] = cls(dist, lam_ref)
+            _SPLITS[key] = split
         return split
 
 
 _SPLITS: dict[bytes, _Split] = {}
+#: Bound of the memoised Poisson tables, bytes (a table set is ≈ 1–20 MB at E = 1024).
+_CACHE_BYTES = 256 << 20
+
+
+class PoissonTables:
+    """Alias tables of the ``Poisson(μ)`` laws of the ``big`` channels of every row of ``dist``
+    at one shared mean ``λ`` (``μ = λ·d[u, e]``): one uniform per variate instead of a numpy
+    Poisson variate (≈ 80–100 ns for means ≥ 10 on a slow host).
+
+    Each table has ``W`` cells (:func:`_table_width`): cell 0 is the *escape* cell, holding the
+    exact mass outside the support ``[lo, lo + W − 2]`` (``P(X < lo) + P(X > hi)`` from
+    ``scipy.special`` incomplete gamma functions, never ``1 − Σ``), cell ``i ≥ 1`` the value
+    ``lo + i − 1`` (pmf ``exp(k·ln μ − μ − ln k!)``, float64).  A uniform ``u`` gives the column
+    ``j = ⌊u·W⌋`` and the coin ``u·W − j``, as :class:`_AliasDraw` does.  An escape is redrawn
+    exactly from the tails, by inversion of the conditional tail law (:meth:`tail`, one more
+    uniform).  The tables are built for all channels at once, without a per-cell Python loop
+    (:func:`_alias_sweep`).
+
+    Attributes
+    ----------
+    prob : float64 (total cells,), alias : int32 (total cells,)
+        Acceptance thresholds and alias *cell* of each cell, tables laid end to end.
+    rows : list of tuple
+        Per row of ``dist``: ``(big, W, off, lo1, t0)`` with ``big`` the channels (as in
+        :class:`_Split`), per channel its width ``W`` (float64), first cell ``off`` (intp)
+        and ``lo1 = lo − 1`` (int64), each shaped ``(n_big, 1)``, and the row's first table.
+    build_seconds : float
+        Wall time of the construction, s.
+    """
+
+    #: Half-width of the support in standard deviations (escapes ≈ 10⁻⁶ per variate).
+    SIGMAS = 5.0
+
+    def __init__(self, dist: np.ndarray, lam: float, big: list[np.ndarray],
+                 sigmas: float | None = None):
+        import time
+
+        from scipy import special
+
+        t0 = time.perf_counter()
+        self.sigmas = self.SIGMAS if sigmas is None else float(sigmas)
+        self.lam = float(lam)
+        mu = np.concatenate([lam * dist[u, b] for u, b in enumerate(big)]) if big else \
+            np.zeros(0)
+        W = _table_width(mu, self.sigmas)
+        lo = np.maximum(np.floor(mu).astype(np.int64) - (W - 1) // 2, 0)
+        off = np.concatenate(([0], np.cumsum(W)[:-1])).astype(np.intp)
+        self.prob = np.empty(int(W.sum()), dtype=np.float64)
+        self.alias = np.empty(self.prob.size, dtype=np.int32)
+        for w in np.unique(W):  # one 2-D construction per width
+            sel = np.flatnonzero(W == w)
+            m, low = mu[sel, None], lo[sel, None]
+            k = low + np.arange(w - 1)  # the support, (n, w − 1)
+            logm = np.log(m)
+            pmf = np.exp(k * logm - m - special.gammaln(k + 1.0))
+            hi = low[:, 0] + w - 2
+            esc = np.where(low[:, 0] > 0, special.gammaincc(low[:, 0], m[:, 0]), 0.0) \
+                + special.gammainc(hi + 1.0, m[:, 0])
+            q = np.concatenate((esc[:, None], pmf), axis=1)
+            q *= w / q.sum(axis=1, keepdims=True)
+            p, a = _alias_sweep(q)
+            cells = (off[sel, None] + np.arange(w)).ravel()
+            self.prob[cells] = p.ravel()
+            self.alias[cells] = a.ravel()
+        self.mu, self.W, self.off, self.lo = mu, W, off, lo
+        self.rows = []
+        i = 0
+        for b in big:
+            s = slice(i, i + b.size)
+            self.rows.append((b, W[s, None].astype(np.float64), off[s, None], lo[s, None] - 1,
+                              i))
+            i += b.size
+        self._tails: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.build_seconds = time.perf_counter() - t0
+
+    @property
+    def nbytes(self) -> int:
+        return self.prob.nbytes + self.alias.nbytes
+
+    def law(self, t: int) -> tuple[np.ndarray, float]:
+        """The law table ``t`` draws: probabilities of the support values ``lo…hi`` and of the
+        escape cell (the inverse of the construction, as :func:`~ganx_dask.alias.
+        alias_distributions`)."""
+        w, o = int(self.W[t]), int(self.off[t])
+        p, a = self.prob[o:o + w], self.alias[o:o + w].astype(np.intp)
+        d = (p + np.bincount(a, weights=1.0 - p, minlength=w)) / w
+        return d[1:], float(d[0])
+
+    def tail(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Values and conditional CDF of ``Poisson(μ_t)`` outside the table's support.
+
+        Lower tail ``0…lo − 1`` and upper tail ``hi + 1…hi + ⌈40·√μ⌉ + 40`` (beyond it the
+        conditional mass is below ``e⁻⁸⁰⁰``), weights relative to the largest, one normaliser.
+        """
+        got = self._tails.get(t)
+        if got is None:
+            from scipy import special
+
+            mu, lo = float(self.mu[t]), int(self.lo[t])
+            hi = lo + int(self.W[t]) - 2
+            k = np.concatenate((np.arange(lo), np.arange(
+                hi + 1, hi + 2 + int(np.ceil(40 * np.sqrt(mu))) + 40))).astype(np.float64)
+            lp = k * np.log(mu) - mu - special.gammaln(k + 1.0)
+            cdf = np.cumsum(np.exp(lp - lp.max()))
+            got = self._tails[t] = (k.astype(np.int64), cdf / cdf[-1])
+        return got
+
+    def draw_rows(self, rng: np.random.Generator, rows: np.ndarray) -> RowDraws:
+        """The ``big`` channels of pixels of rows ``rows`` of ``dist``: row by row in
+        ascending order, :meth:`draw_row` for all the pixels of the row."""
+        rank = np.empty(rows.size, dtype=np.intp)
+        values = {}
+        for u in np.unique(rows):
+            pix = np.flatnonzero(rows == u)
+            rank[pix] = np.arange(pix.size)
+            if self.rows[u][0].size:
+                values[int(u)] = np.ascontiguousarray(self.draw_row(rng, int(u), pix.size).T)
+        return RowDraws(values, rank)
+
+    def draw_row(self, rng: np.random.Generator, u: int, n_pix: int) -> np.ndarray:
+        """Variates of the ``big`` channels of row ``u`` for ``n_pix`` pixels, ``(n_big,
+        n_pix)`` int64; stream: ``n_big·n_pix`` uniforms channel by channel (pixels in order
+        within a channel), then one per escape in the same order."""
+        big, W, off, lo1, t0 = self.rows[u]
+        x = rng.random((big.size, n_pix))
+        x *= W
+        j = x.astype(np.intp)
+        x -= j  # the coin
+        j += off
+        a = np.take(self.alias, j)
+        swap = x >= np.take(self.prob, j)
+        j -= off
+        np.copyto(j, a, where=swap, casting="unsafe")
+        esc = np.flatnonzero(j == 0)
+        j += lo1
+        if esc.size:
+            tab = t0 + esc // n_pix
+            v = rng.random(esc.size)
+            flat = j.reshape(-1)
+            for i, t in enumerate(tab):
+                k, cdf = self.tail(int(t))
+                flat[esc[i]] = k[min(int(np.searchsorted(cdf, v[i], side="right")), k.size - 1)]
+        return j
+
+
+class RowDraws:
+    """The ``big`` channels of a set of pixels drawn from :class:`PoissonTables`: per row of
+    ``dist`` an ``(n_pix, n_big)`` int64 array (its pixels in order) and each pixel's rank
+    among the pixels of its row."""
+
+    def __init__(self, values: dict[int, np.ndarray], rank: np.ndarray):
+        self.values, self.rank = values, rank
+
+    def take(self, u: int, idx: np.ndarray) -> np.ndarray:
+        """Values of pixels ``idx`` (ascending, all of row ``u``, consecutive in it)."""
+        a = int(self.rank[idx[0]])
+        return self.values[u][a:a + idx.size]
+
+
+def _table_width(mu: np.ndarray, sigmas: float) -> np.ndarray:
+    """Cells of each Poisson table: ``2·sigmas·√μ + 8`` values and the escape cell, rounded up
+    to a multiple of 16 (≤ 256 cells) or 64 (above), so tables group into few widths."""
+    need = 2.0 * sigmas * np.sqrt(mu) + 9.0
+    step = np.where(need <= 256, 16, 64)
+    return (np.ceil(need / step) * step).astype(np.int64)
+
+
+def _alias_sweep(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Alias tables of rows ``q`` (each row sums to its length ``W``), vectorised over rows.
+
+    The sweep of Hübschle-Schneider & Sanders (*Parallel weighted random sampling*, 2022),
+    written with prefix sums: light cells (``q < 1``) in index order have deficits
+    ``1 − q`` laid end to end, heavy cells (``q ≥ 1``, and the row's largest cell) excesses
+    ``q − 1``.  A light cell whose deficit starts at ``D`` takes as alias the heavy cell whose
+    excess interval ``[E_{j−1}, E_j)`` contains ``D``; heavy ``j`` keeps ``1 − (P − E_j)`` with
+    ``P`` the start of the first light deficit at or after ``E_j`` (the end of the last one it
+    served) and gives the rest to the next heavy.  Mass balance is exact by construction:
+    heavy ``j`` hands out ``(P − E_{j−1})`` and keeps ``1 − (P − E_j)``, total ``q_j``.
+    Returns ``prob`` (float64) and ``alias`` (int32 cell index), shape of ``q``.
+    """
+    n, W = q.shape
+    heavy = q >= 1.0
+    heavy[np.arange(n), np.argmax(q, axis=1)] = True
+    light = ~heavy
+    dend = np.cumsum(np.where(light, 1.0 - q, 0.0), axis=1)
+    dstart = np.zeros_like(dend)
+    dstart[:, 1:] = dend[:, :-1]  # a light's start is exactly the previous light's end
+    eend = np.cumsum(np.where(heavy, q - 1.0, 0.0), axis=1)
+    # merge heavies (by E_j) and lights (by D) per row; heavies first on ties
+    key = np.concatenate((np.where(heavy, eend, np.inf), np.where(light, dstart, np.inf)), axis=1)
+    order = np.argsort(key, axis=1, kind="stable")
+    skey = np.take_along_axis(key, order, axis=1)
+    real = np.isfinite(skey)  # the padding (+inf) sorts last
+    is_h = (order < W) & real
+    cell = np.where(order < W, order, order - W)
+    big = np.iinfo(np.int64).max
+    nxt_h = np.where(is_h, cell, big)[:, ::-1]
+    nxt_h = np.minimum.accumulate(nxt_h, axis=1)[:, ::-1]  # first heavy at or after
+    nxt_d = np.where(is_h | ~real, np.inf, skey)[:, ::-1]
+    nxt_d = np.minimum.accumulate(nxt_d, axis=1)[:, ::-1]  # first light start at or after
+    prob = np.ones((n, W), dtype=np.float64)
+    alias = np.tile(np.arange(W, dtype=np.int32), (n, 1))
+    last_h = W - 1 - np.argmax(heavy[:, ::-1], axis=1)
+    rr = np.repeat(np.arange(n), 2 * W).reshape(n, 2 * W)
+    # lights: alias = first heavy after them in the merged order (the last heavy if none)
+    lsel = ~is_h & real
+    lr, lc = rr[lsel], cell[lsel]
+    h = nxt_h[lsel]
+    h = np.where(h == big, last_h[lr], h)
+    prob[lr, lc] = q[lr, lc]
+    alias[lr, lc] = h
+    # heavies: keep 1 − overshoot, alias the next heavy; the last heavy keeps everything
+    pos = np.flatnonzero(is_h.ravel())
+    hr, hc = pos // (2 * W), cell.ravel()[pos]
+    after = pos + 1
+    inrow = (after % (2 * W)) != 0
+    nh = np.full(pos.size, big)
+    nd = np.full(pos.size, np.inf)
+    nh[inrow] = nxt_h.ravel()[after[inrow]]
+    nd[inrow] = nxt_d.ravel()[after[inrow]]
+    dtot = dend[hr, -1]
+    P = np.where(np.isfinite(nd), nd, dtot)
+    keep = 1.0 - (P - eend[hr, hc])
+    notlast = nh != big
+    prob[hr[notlast], hc[notlast]] = np.clip(keep[notlast], 0.0, 1.0)
+    alias[hr[notlast], hc[notlast]] = nh[notlast]
+    return prob, alias
 
 
 def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
-                 rows: np.ndarray, split: _Split | None = None) -> np.ndarray:
+                 rows: np.ndarray, split: _Split | None = None, drawn: RowDraws | None = None,
+                 first: int = 0) -> np.ndarray:
     """Independent ``Poisson(lam[i]·dist[rows[i], e])`` counts for every channel ``e``, exactly.
 
     Parameters
@@ -236,7 +501,11 @@ def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
     rows : int array (B,)
         Row of ``dist`` of each pixel.
     split : optional
-        ``_Split.of(dist, lam_ref)``; without it every channel is one Poisson variate.
+        ``_Split.of(dist, lam_ref, shared)``; without it every channel is one Poisson variate.
+        With ``split.tables`` every pixel's mean must be ``lam_ref``.
+    drawn, first : optional
+        The ``big`` channels already drawn for a whole tile (:meth:`PoissonTables.draw_rows`,
+        batch pixel ``i`` is the tile's pixel ``first + i``); drawn here when missing.
 
     Returns
     -------
@@ -248,19 +517,25 @@ def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
     ``L ~ Poisson(λ·Σ_S d)`` whose ``L`` photons fall i.i.d. on ``S`` with probabilities
     ``d_e / Σ_S d``.  Channels with a small mean (most of a real spectrum: at 26 000 counts and
     1024 channels about half the channels expect < 1 count) are drawn that way, one uniform per
-    photon; the others one variate each.  Stream order per batch: the variates of the ``big``
-    channels (row by row of ``dist`` in ascending order; within a row, its pixels in order and
-    their channels in order), one ``L`` per pixel, then the photons.
+    photon; the others one variate each, or from ``split.tables``.  Stream order per batch: the
+    variates of the ``big`` channels (row by row of ``dist`` in ascending order; within a row,
+    its pixels in order and their channels in order; with tables and no ``drawn``, the order of
+    :meth:`PoissonTables.draw_rows`), one ``L`` per pixel, then the photons.
     """
     if split is None:
         return rng.poisson(lam[:, None] * dist[rows])
     B, E = rows.size, dist.shape[1]
     c = np.zeros((B, E), dtype=np.int64)
+    if split.tables is not None and drawn is None:
+        drawn, first = split.tables.draw_rows(rng, rows), 0
     for u in np.unique(rows):  # rows in ascending order, their pixels in order
         big = split.big[u]
         if big.size:
             pix = np.flatnonzero(rows == u)
-            c[pix[:, None], big] = rng.poisson(lam[pix, None] * dist[u, big])
+            if drawn is not None:
+                c[pix[:, None], big] = drawn.take(u, first + pix)
+            else:
+                c[pix[:, None], big] = rng.poisson(lam[pix, None] * dist[u, big])
     n_small = rng.poisson(lam * split.small[rows])
     if n_small.any():
         ch = split.draw(rng, np.repeat(rows, n_small))
@@ -270,7 +545,8 @@ def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
 
 
 def multinomial_rows(rng: np.random.Generator, n: np.ndarray, dist: np.ndarray,
-                     rows: np.ndarray, draw=None, split: _Split | None = None) -> np.ndarray:
+                     rows: np.ndarray, draw=None, split: _Split | None = None,
+                     drawn: RowDraws | None = None, first: int = 0) -> np.ndarray:
     """Exact ``Multinomial(n[i], dist[rows[i]])`` for a batch of pixels, drawn per channel.
 
     Parameters
@@ -285,7 +561,7 @@ def multinomial_rows(rng: np.random.Generator, n: np.ndarray, dist: np.ndarray,
     draw : callable, optional
         ``draw(rng, rows) -> channels``: photons drawn from ``dist[rows]`` one by one (default:
         alias tables of ``dist``).
-    split : optional
+    split, drawn, first : optional
         How the first, Poisson step is drawn (:func:`poisson_rows`).
 
     Returns
@@ -305,7 +581,7 @@ def multinomial_rows(rng: np.random.Generator, n: np.ndarray, dist: np.ndarray,
     n = np.asarray(n, dtype=np.int64)
     rows = np.asarray(rows, dtype=np.intp)
     lam = np.maximum(n - np.sqrt(n), 0.0)
-    c = poisson_rows(rng, lam, dist, rows, split)
+    c = poisson_rows(rng, lam, dist, rows, split, drawn, first)
     T = c.sum(axis=1)
     _add_photons(rng, c, n - T, rows, _AliasDraw.of(dist) if draw is None else draw)
     _remove_photons(rng, c, T - n)
@@ -330,9 +606,11 @@ def sample_tile(
     counts : float
         ``N`` (fixed) or the nominal mean, counts.
     count_model : {"fixed", "poisson", "luminosity"}
-    means : float array (V,) or None
+    means : float, float array (V,) or None
         Photon mean of each valid pixel in row-major order (``poisson``/``luminosity``; dead
-        time included); ``None`` for ``fixed``.
+        time included), or one float shared by every pixel (``poisson`` without a luminosity
+        map: the ``big`` channels are then drawn from :class:`PoissonTables`); ``None`` for
+        ``fixed``.
     true : float array (V,) or None
         Expected *true* photons of each valid pixel (sets the pile-up rate; not for ``fixed``).
     out : ndarray (h, w, E) unsigned
@@ -351,6 +629,9 @@ def sample_tile(
     K, E = spectra.shape
     flat_lab = np.asarray(labels).ravel()
     vidx = np.flatnonzero(flat_lab >= 0)
+    shared_mean = means is not None and np.ndim(means) == 0
+    if shared_mean:
+        means = np.full(vidx.size, float(means))
     out[...] = 0
     if not vidx.size:
         return out
@@ -396,7 +677,12 @@ def sample_tile(
     split = None
     if not blur and not (pileup and not fixed):
         lam_ref = max(n_fixed - n_fixed ** 0.5, 0.0) if fixed else float(means.max())
-        split = _Split.of(dist, lam_ref)
+        # one mean per row of dist: fixed without pile-up, or a mean shared by every pixel
+        shared = TABLES and not pileup and (fixed or shared_mean)
+        split = _Split.of(dist, lam_ref, shared)
+    # the table draws of the whole tile first: each table is read for all its pixels in a row
+    drawn = split.tables.draw_rows(rng, rows) if split is not None and split.tables is not None \
+        else None
     ys, xs = np.divmod(vidx, w)
     B = max(1, _BATCH_VOXELS // E)
     top = np.iinfo(out.dtype).max
@@ -408,12 +694,12 @@ def sample_tile(
             n = np.full(nb, n_fixed, dtype=np.int64)
             if pileup:
                 n -= rng.binomial(n_fixed - 1, p, size=nb)
-            c = multinomial_rows(rng, n, dist, r, draw, split)[:, :E]
+            c = multinomial_rows(rng, n, dist, r, draw, split, drawn, b0)[:, :E]
         elif pileup:
             lam = np.einsum("bk,bke->be", chain_w[sl], order[r])
             c = rng.poisson(lam)
         else:
-            c = poisson_rows(rng, means[sl], dist, r, split)
+            c = poisson_rows(rng, means[sl], dist, r, split, drawn, b0)
         if c.size and c.max() > top:
             raise OverflowError(
                 f"a channel drew {int(c.max())} counts, more than {out.dtype.name} holds; "

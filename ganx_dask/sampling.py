@@ -368,7 +368,9 @@ def _per_channel_tile(
     Decided from the parameters alone: the count model, ``counts``, the tile's labels and scale
     and the detector effects (pile-up needs an axis :func:`~ganx_dask.detector.
     pileup_expectation_supported` supports).  Returns ``None`` for the per-photon path, else
-    ``(true, photons)`` per valid pixel as float arrays (``None`` for ``fixed``).
+    ``(true, photons)``: ``true`` per valid pixel as a float array, ``photons`` too, or one
+    float when every pixel shares it (no luminosity map: :func:`ganx_dask.per_channel.
+    sample_tile` then draws from per-row tables); ``(None, None)`` for ``fixed``.
     """
     valid, true, photons = _pixel_means(count_model, counts, labels, scale, effects)
     nv = int(valid.sum())
@@ -383,8 +385,10 @@ def _per_channel_tile(
         return None
     if count_model == "fixed":
         return None, None
+    if np.ndim(photons) == 0:  # one mean shared by every pixel (no luminosity map)
+        return np.broadcast_to(np.asarray(true, np.float64), (nv,)), float(photons)
     return np.broadcast_to(np.asarray(true, np.float64), (nv,)), \
-        np.ascontiguousarray(np.broadcast_to(np.asarray(photons, np.float64), (nv,)))
+        np.ascontiguousarray(np.asarray(photons, np.float64))
 
 
 class TileEffects:
