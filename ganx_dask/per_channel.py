@@ -430,61 +430,51 @@ def _alias_sweep(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     The sweep of Hübschle-Schneider & Sanders (*Parallel weighted random sampling*, 2022),
     written with prefix sums: light cells (``q < 1``) in index order have deficits
     ``1 − q`` laid end to end, heavy cells (``q ≥ 1``, and the row's largest cell) excesses
-    ``q − 1``.  A light cell whose deficit starts at ``D`` takes as alias the heavy cell whose
-    excess interval ``[E_{j−1}, E_j)`` contains ``D``; heavy ``j`` keeps ``1 − (P − E_j)`` with
-    ``P`` the start of the first light deficit at or after ``E_j`` (the end of the last one it
-    served) and gives the rest to the next heavy.  Mass balance is exact by construction:
-    heavy ``j`` hands out ``(P − E_{j−1})`` and keeps ``1 − (P − E_j)``, total ``q_j``.
+    ``q − 1``.  Lights (by the start ``D`` of their deficit) and heavies (by the end ``E_j``
+    of their excess) are merged in one sorted sequence per row.  A light takes as alias the
+    next heavy of the sequence (the one whose excess interval contains ``D``; the last heavy if
+    none); heavy ``j`` keeps ``1 − (P − E_j)``, ``P`` the start of the next light (the end of
+    the last light it served; the total deficit if none), and gives the rest to the next
+    heavy.  Mass balance is exact for any merge of the two sorted sequences: heavy ``j`` hands
+    out ``P_{j−1} − E_{j−1}`` (via heavy ``j − 1``) plus ``P_j − P_{j−1}`` (its lights) and keeps
+    ``1 − (P_j − E_j)``: ``q_j`` in all; sorting keeps ``P_j − E_j`` in ``[0, 1]``.  The last
+    heavy keeps its cell (its remainder is 0 up to rounding).
+
     Returns ``prob`` (float64) and ``alias`` (int32 cell index), shape of ``q``.
     """
     n, W = q.shape
     heavy = q >= 1.0
     heavy[np.arange(n), np.argmax(q, axis=1)] = True
-    light = ~heavy
-    dend = np.cumsum(np.where(light, 1.0 - q, 0.0), axis=1)
-    dstart = np.zeros_like(dend)
-    dstart[:, 1:] = dend[:, :-1]  # a light's start is exactly the previous light's end
-    eend = np.cumsum(np.where(heavy, q - 1.0, 0.0), axis=1)
-    # merge heavies (by E_j) and lights (by D) per row; heavies first on ties
-    key = np.concatenate((np.where(heavy, eend, np.inf), np.where(light, dstart, np.inf)), axis=1)
+    dev = q - 1.0  # excess of a heavy, minus the deficit of a light
+    eend = np.cumsum(np.where(heavy, dev, 0.0), axis=1)
+    dend = np.cumsum(np.where(heavy, 0.0, -dev), axis=1)
+    key = np.zeros_like(dend)
+    key[:, 1:] = dend[:, :-1]  # a light's start is exactly the previous light's end
+    np.copyto(key, eend, where=heavy)
     order = np.argsort(key, axis=1, kind="stable")
     skey = np.take_along_axis(key, order, axis=1)
-    real = np.isfinite(skey)  # the padding (+inf) sorts last
-    is_h = (order < W) & real
-    cell = np.where(order < W, order, order - W)
-    big = np.iinfo(np.int64).max
-    nxt_h = np.where(is_h, cell, big)[:, ::-1]
-    nxt_h = np.minimum.accumulate(nxt_h, axis=1)[:, ::-1]  # first heavy at or after
-    nxt_d = np.where(is_h | ~real, np.inf, skey)[:, ::-1]
-    nxt_d = np.minimum.accumulate(nxt_d, axis=1)[:, ::-1]  # first light start at or after
-    prob = np.ones((n, W), dtype=np.float64)
-    alias = np.tile(np.arange(W, dtype=np.int32), (n, 1))
+    sh = np.take_along_axis(heavy, order, axis=1)
+    # after each sorted position: the next heavy cell and the next light start
+    nxt_h = np.empty((n, W + 1), dtype=np.intp)
+    nxt_h[:, -1] = W  # none
+    nxt_h[:, :-1] = np.where(sh, order, W)
+    nxt_h = np.minimum.accumulate(nxt_h[:, ::-1], axis=1)[:, ::-1]
+    nxt_d = np.empty((n, W + 1))
+    nxt_d[:, -1] = dend[:, -1]  # none: the total deficit
+    nxt_d[:, :-1] = np.where(sh, np.inf, skey)
+    nxt_d = np.minimum.accumulate(nxt_d[:, ::-1], axis=1)[:, ::-1]
     last_h = W - 1 - np.argmax(heavy[:, ::-1], axis=1)
-    rr = np.repeat(np.arange(n), 2 * W).reshape(n, 2 * W)
-    # lights: alias = first heavy after them in the merged order (the last heavy if none)
-    lsel = ~is_h & real
-    lr, lc = rr[lsel], cell[lsel]
-    h = nxt_h[lsel]
-    h = np.where(h == big, last_h[lr], h)
-    prob[lr, lc] = q[lr, lc]
-    alias[lr, lc] = h
-    # heavies: keep 1 − overshoot, alias the next heavy; the last heavy keeps everything
-    pos = np.flatnonzero(is_h.ravel())
-    hr, hc = pos // (2 * W), cell.ravel()[pos]
-    after = pos + 1
-    inrow = (after % (2 * W)) != 0
-    nh = np.full(pos.size, big)
-    nd = np.full(pos.size, np.inf)
-    nh[inrow] = nxt_h.ravel()[after[inrow]]
-    nd[inrow] = nxt_d.ravel()[after[inrow]]
-    dtot = dend[hr, -1]
-    P = np.where(np.isfinite(nd), nd, dtot)
-    keep = 1.0 - (P - eend[hr, hc])
-    notlast = nh != big
-    prob[hr[notlast], hc[notlast]] = np.clip(keep[notlast], 0.0, 1.0)
-    alias[hr[notlast], hc[notlast]] = nh[notlast]
+    ah = nxt_h[:, 1:]  # the next heavy strictly after each position
+    sp = np.where(sh, 1.0 - (nxt_d[:, 1:] - skey), np.take_along_axis(q, order, axis=1))
+    sa = np.where(ah == W, last_h[:, None], ah)
+    lastpos = sh & (ah == W)  # the last heavy keeps everything
+    np.copyto(sp, 1.0, where=lastpos)
+    np.copyto(sa, order, where=lastpos)
+    prob = np.empty((n, W))
+    alias = np.empty((n, W), dtype=np.int32)
+    np.put_along_axis(prob, order, np.clip(sp, 0.0, 1.0), axis=1)
+    np.put_along_axis(alias, order, sa, axis=1)
     return prob, alias
-
 
 def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
                  rows: np.ndarray, split: _Split | None = None, drawn: RowDraws | None = None,
