@@ -50,6 +50,7 @@ of workers.
 from __future__ import annotations
 
 import os
+import weakref
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ __all__ = [
     "TARGETS",
     "PatchDataset",
     "PatchStream",
+    "PatchLoader",
     "Rebin",
     "Log1p",
     "Normalise",
@@ -468,19 +470,20 @@ class PatchDataset:
         return self._handles[i]
 
     def read_region(self, i: int, y0: int, y1: int, x0: int, x1: int,
-                    scratch: int | None = None) -> dict:
+                    scratch: int | None = None, pool: dict | None = None) -> dict:
         """Raw arrays of image ``i`` over ``[y0, y1) × [x0, x1)``: ``counts`` (h, w, E) and the
         variables the targets need (numpy, as stored).
 
         ``scratch``: decode ``counts`` into this worker's reusable buffer number ``scratch``
         (no fresh allocation per read; the array is overwritten by the next read with the
-        same number and shape)."""
+        same number and shape); ``pool``: a dict of such buffers to use instead of the
+        worker's (one per thread when threads read concurrently)."""
         a = self._arrays(i)
         if scratch is None:
             out = {"counts": a["counts"][y0:y1, x0:x1, :]}
         else:
             out = {"counts": _read_into(a["counts"], (slice(y0, y1), slice(x0, x1)),
-                                        self._scratch, scratch)}
+                                        self._scratch if pool is None else pool, scratch)}
         if "abundance" in self.targets or "labels" in self.targets:
             out["labels"] = a["labels"][y0:y1, x0:x1]
         if "rgb" in self.targets:
@@ -490,7 +493,8 @@ class PatchDataset:
     def _sample(self, i: int, y0: int, x0: int, raw: dict, oy: int = 0, ox: int = 0,
                 out=None):
         """Item at ``(y0, x0)`` of image ``i`` from ``raw`` (a region read at ``y0 - oy,
-        x0 - ox``).  ``out``: a counts tensor to write into (one slot of a batch)."""
+        x0 - ox``).  ``out``: a counts tensor to write into (one slot of a batch), or a callable
+        ``out(shape)`` returning one for the transformed counts' shape."""
         torch = _torch()
         p, img = self.patch, self.images[i]
         sl = (slice(oy, oy + p), slice(ox, ox + p))
@@ -519,9 +523,11 @@ class PatchDataset:
             if counts.dtype.kind == "f" or counts.min() < lim.min or counts.max() > lim.max:
                 raise GanxError(f"dtype={self.dtype} cannot hold the {counts.dtype} counts of "
                                 "the transforms (use a float or wider integer dtype)")
+        shape = counts.shape if self.layout == "hwc" else counts.shape[2:] + counts.shape[:2]
         if out is None:  # private memory: the collate copies it once into shared memory
-            shape = counts.shape if self.layout == "hwc" else counts.shape[2:] + counts.shape[:2]
             out = torch.from_numpy(np.empty(shape, self.dtype))
+        elif callable(out):
+            out = out(shape)
         if self.layout == "chw":
             _chw(counts, out.numpy())
         else:
@@ -546,6 +552,14 @@ class PatchDataset:
         """An iterable view reading each zarr chunk once (see :class:`PatchStream`);
         ``batch_size``: yield ready batches (``DataLoader(..., batch_size=None)``)."""
         return PatchStream(self, buffer=buffer, shuffle=shuffle, batch_size=batch_size)
+
+    def loader(self, batch_size: int = 16, *, threads: int | None = None, prefetch: int = 2,
+               hold: int = 1, buffer: int = 2, shuffle: bool = True) -> PatchLoader:
+        """Batches read and converted by ``threads`` threads in this process, into recycled
+        buffers (see :class:`PatchLoader`; same batches as ``stream(batch_size=…)`` in one
+        process)."""
+        return PatchLoader(self, batch_size, threads=threads, prefetch=prefetch, hold=hold,
+                           buffer=buffer, shuffle=shuffle)
 
 
 def _iterable_base():
@@ -601,12 +615,34 @@ class PatchStream(_iterable_base()):
         order = np.argsort(inv, kind="stable")
         return np.split(order, np.flatnonzero(np.diff(inv[order])) + 1) if order.size else []
 
-    def __iter__(self) -> Iterator:
-        ds = self.dataset
+    def _blocks(self, worker: tuple[int, int] | None = None) -> Iterator[tuple[list, list]]:
+        """The read plan of one epoch: ``(regions, items)`` per block of ``buffer`` groups, where
+        ``regions[j] = (i, y0, y1, x0, x1)`` is the region of the block's group ``j`` and
+        ``items`` lists ``(k, j)`` (item ``k``, read from region ``j``) in yield order.
+        ``worker = (id, n)``: only the groups dealt to that worker."""
+        ds, p = self.dataset, self.dataset.patch
         groups = self.groups()
         if self.shuffle:
             perm = _rng(ds.seed, 2, ds.epoch).permutation(len(groups))
             groups = [groups[j] for j in perm]
+        if worker is not None:
+            groups = groups[worker[0]::worker[1]]
+        for b in range(0, len(groups), self.buffer):
+            regions, items = [], []
+            for j, grp in enumerate(groups[b: b + self.buffer]):
+                rows = ds.index[grp]
+                regions.append((int(rows[0, 0]), int(rows[:, 1].min()),
+                                int(rows[:, 1].max()) + p, int(rows[:, 2].min()),
+                                int(rows[:, 2].max()) + p))
+                items += [(int(k), j) for k in grp]
+            if self.shuffle:
+                ks = [it[0] for it in items]
+                order = _rng(ds.seed, 4, ds.epoch, *ks[:1], len(ks)).permutation(len(items))
+                items = [items[j] for j in order]
+            yield regions, items
+
+    def __iter__(self) -> Iterator:
+        ds = self.dataset
         info = None
         try:
             from torch.utils.data import get_worker_info
@@ -614,33 +650,25 @@ class PatchStream(_iterable_base()):
             info = get_worker_info()
         except ImportError:  # pragma: no cover
             pass
-        if info is not None:
-            groups = groups[info.id::info.num_workers]
-        p, bs = ds.patch, self.batch_size
+        bs = self.batch_size
         x, tgs = None, []
-        for b in range(0, len(groups), self.buffer):
-            items = []
-            for j, grp in enumerate(groups[b: b + self.buffer]):
-                rows = ds.index[grp]
-                i = int(rows[0, 0])
-                y0, x0 = int(rows[:, 1].min()), int(rows[:, 2].min())
-                y1, x1 = int(rows[:, 1].max()) + p, int(rows[:, 2].max()) + p
-                raw = ds.read_region(i, y0, y1, x0, x1, scratch=j)
-                items += [(int(k), raw, y0, x0) for k in grp]
-            if self.shuffle:
-                ks = [it[0] for it in items]
-                order = _rng(ds.seed, 4, ds.epoch, *ks[:1], len(ks)).permutation(len(items))
-                items = [items[j] for j in order]
-            for k, raw, y0, x0 in items:
+
+        def slot(shape):  # the batch's counts, written in place (shared memory in a worker)
+            nonlocal x
+            if x is None:
+                x = _empty((bs, *shape), ds.dtype)
+            return x[len(tgs)]
+
+        for regions, items in self._blocks(None if info is None else (info.id, info.num_workers)):
+            raws = [ds.read_region(i, y0, y1, x0, x1, scratch=j)
+                    for j, (i, y0, y1, x0, x1) in enumerate(regions)]
+            for k, j in items:
                 i, py, px = (int(v) for v in ds.index[k])
+                oy, ox = py - regions[j][1], px - regions[j][3]
                 if bs is None:
-                    yield ds._sample(i, py, px, raw, py - y0, px - x0)
+                    yield ds._sample(i, py, px, raws[j], oy, ox)
                     continue
-                if x is None:  # the batch's counts, written in place (shared memory in a worker)
-                    e = raw["counts"].shape[2]
-                    shape = (p, p, e) if ds.layout == "hwc" else (e, p, p)
-                    x = _empty((bs, *shape), ds.dtype)
-                tgs.append(ds._sample(i, py, px, raw, py - y0, px - x0, out=x[len(tgs)])[1])
+                tgs.append(ds._sample(i, py, px, raws[j], oy, ox, out=slot)[1])
                 if len(tgs) == bs:
                     yield self._batch(x, tgs)
                     x, tgs = None, []
@@ -652,6 +680,187 @@ class PatchStream(_iterable_base()):
         from torch.utils.data import default_collate
 
         return x, default_collate(targets)
+
+
+class PatchLoader(_iterable_base()):
+    """Batches of a :class:`PatchDataset` decoded and converted by a pool of threads in this
+    process: the in-process alternative to a multi-worker ``DataLoader``.
+
+    Yields exactly the batches of ``DataLoader(dataset.stream(batch_size=…, buffer=…,
+    shuffle=…), batch_size=None)`` in one process (same patches, order, transforms and targets
+    for a given seed and epoch), but ``threads`` threads read the stream's chunk regions
+    concurrently (zarr's decompression and the numpy conversion release the GIL) and write each
+    patch straight into a recycled batch buffer: no process start, no inter-process copy, no
+    fresh shared memory per batch.
+
+    **Buffer rule.**  The counts tensor of a batch is a view of one of ``prefetch + hold``
+    preallocated buffers (more when one chunk's patches spread over more batches, see
+    ``prefetch``).  The ``hold`` most recent batches yielded stay valid (default 1: a batch
+    is valid until you ask for the next one); older ones are overwritten by batches being
+    prefetched — ``.clone()`` a batch to keep it longer.  Targets are fresh tensors (always
+    valid).
+
+    Parameters
+    ----------
+    dataset : PatchDataset
+    batch_size : int
+        Patches per batch (the last batch may be short).
+    threads : int, optional
+        Reader threads (default: the CPUs available to this process).
+    prefetch : int
+        Batches filled ahead of the one being consumed; raised to the number of batches a
+        block's patches spread over, so that every chunk region is read once.
+    hold : int
+        Batches the caller may hold at once (see the buffer rule).
+    buffer, shuffle
+        As for :class:`PatchStream`.
+
+    Use it directly (``for x, y in ds.loader(16): …``) or through ``DataLoader(loader,
+    batch_size=None, num_workers=0)`` (e.g. for ``pin_memory``); in a ``DataLoader`` worker
+    process it refuses to run (it has its own threads).  Call :meth:`PatchDataset.set_epoch`
+    before each epoch.  Leaving a loop early (``break``) or :meth:`close` stops the threads.
+
+    Raises
+    ------
+    GanxError
+        Bad parameters; iterated in a ``DataLoader`` worker; a reader thread failed (the message
+        names the image and region; the original exception is chained).
+    """
+
+    def __init__(self, dataset: PatchDataset, batch_size: int = 16, *, threads: int | None = None,
+                 prefetch: int = 2, hold: int = 1, buffer: int = 2, shuffle: bool = True) -> None:
+        for name, v in (("batch_size", batch_size), ("prefetch", prefetch), ("hold", hold)):
+            if int(v) != v or v < 1:
+                raise GanxError(f"{name} must be a positive integer, got {v!r}")
+        if threads is None:
+            threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+                else (os.cpu_count() or 1)
+        if int(threads) != threads or threads < 1:
+            raise GanxError(f"threads must be a positive integer, got {threads!r}")
+        self.stream = PatchStream(dataset, buffer=buffer, shuffle=shuffle, batch_size=batch_size)
+        self.dataset, self.batch_size = dataset, int(batch_size)
+        self.threads, self.prefetch, self.hold = int(threads), int(prefetch), int(hold)
+        self._live: weakref.WeakSet = weakref.WeakSet()  # iterations in progress
+
+    def __getstate__(self):
+        return {**self.__dict__, "_live": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _live=weakref.WeakSet())
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def _tasks(self) -> list[tuple[tuple, list[tuple[int, int]]]]:
+        """``(region, [(k, position in the epoch), …])`` per chunk region, in stream order."""
+        tasks, f = [], 0
+        for regions, items in self.stream._blocks():
+            per = [[] for _ in regions]
+            for k, j in items:
+                per[j].append((k, f))
+                f += 1
+            tasks += [(r, its) for r, its in zip(regions, per, strict=True) if its]
+        return tasks
+
+    def close(self) -> None:
+        """Stop the reader threads of any iteration in progress (waits for running reads)."""
+        for gen in list(self._live):
+            gen.close()
+
+    def __enter__(self) -> PatchLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator:
+        try:
+            from torch.utils.data import get_worker_info
+        except ImportError:  # pragma: no cover
+            get_worker_info = None  # noqa: N806
+        if get_worker_info is not None and get_worker_info() is not None:
+            raise GanxError("PatchLoader runs its own threads: use it in the main process "
+                            "(DataLoader(loader, batch_size=None, num_workers=0))")
+        gen = self._run()
+        self._live.add(gen)
+        return gen
+
+    def _run(self) -> Iterator:
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        torch = _torch()
+        ds, bs = self.dataset, self.batch_size
+        tasks = self._tasks()
+        n = sum(len(its) for _, its in tasks)
+        nb = -(-n // bs)
+        span = max((its[-1][1] // bs - its[0][1] // bs + 1 for _, its in tasks), default=1)
+        ahead = max(self.prefetch, span)
+        bufs: list = [None] * (ahead + self.hold)
+        left = {j: min(bs, n - j * bs) for j in range(nb)}
+        targets: dict[int, list] = {j: [None] * left[j] for j in range(nb)}
+        cond = threading.Condition()
+        failed: list = []
+        local = threading.local()
+        tdt = torch.from_numpy(np.empty(0, ds.dtype)).dtype
+        for i in {r[0] for r, _ in tasks}:  # open the zarr handles once, before the threads
+            ds._arrays(i)
+
+        def run(task):
+            (i, y0, y1, x0, x1), its = task
+            if failed:
+                return
+            try:
+                pool = getattr(local, "pool", None)
+                if pool is None:
+                    pool = local.pool = {}
+                raw = ds.read_region(i, y0, y1, x0, x1, scratch=0, pool=pool)
+                for k, f in its:
+                    j, s = divmod(f, bs)
+                    _, py, px = (int(v) for v in ds.index[k])
+
+                    def slot(shape, j=j, s=s):
+                        r = j % len(bufs)
+                        if bufs[r] is None:
+                            with cond:
+                                if bufs[r] is None:
+                                    bufs[r] = torch.empty((bs, *shape), dtype=tdt)
+                        return bufs[r][s]
+
+                    targets[j][s] = ds._sample(i, py, px, raw, py - y0, px - x0, out=slot)[1]
+                    with cond:
+                        left[j] -= 1
+                        if not left[j]:
+                            cond.notify_all()
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                with cond:
+                    failed.append((task, exc))
+                    cond.notify_all()
+
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="ganx-ml-loader")
+        try:
+            t = 0
+            for j in range(nb):
+                # batches ≤ j - 1 - hold are released: fill up to j - 1 + ahead
+                while t < len(tasks) and tasks[t][1][-1][1] // bs <= j - 1 + ahead:
+                    pool.submit(run, tasks[t])
+                    t += 1
+                with cond:
+                    while left[j] and not failed:
+                        cond.wait()
+                if failed:
+                    (i, y0, y1, x0, x1), exc = failed[0][0][0], failed[0][1]
+                    raise GanxError(
+                        f"PatchLoader: reading image {ds.images[i].name} rows {y0}:{y1}, "
+                        f"columns {x0}:{x1} failed in a reader thread: "
+                        f"{type(exc).__name__}: {exc}") from exc
+                x = bufs[j % len(bufs)]
+                del left[j]
+                yield PatchStream._batch(x[:bs if (j + 1) * bs <= n else n - j * bs],
+                                         targets.pop(j))
+        finally:
+            failed.append(None)  # queued reads return at once
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- layout

@@ -330,3 +330,84 @@ def test_patches_from_an_s3_store_equal_the_local_copy(s3, single):
     got = DataLoader(remote.stream(batch_size=2), batch_size=None, num_workers=2)
     assert items((x[b], {k: v[b] for k, v in t.items()}) for x, t in got
                  for b in range(x.shape[0])) == ref
+
+
+def _loader_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name.startswith("ganx-ml-loader")]
+
+
+def test_threaded_loader_equals_stream_and_ground_truth(single):
+    """PatchLoader: the same batches as the one-process batched stream (same seed: same
+    patches, order, Poisson noise, targets), in float32 and uint16; unshuffled patches equal
+    the stored cube and ground truth."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ganx_dask.ml import PatchDataset, PatchLoader, PoissonThin, Rebin
+
+    ds = PatchDataset(single, ["abundance", "labels"], patch=64, seed=5,
+                      transforms=[PoissonThin(fraction=0.5), Rebin(2)])
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        ref = list(DataLoader(ds.stream(batch_size=4), batch_size=None))
+        got = [(x.clone(), t) for x, t in ds.loader(4, threads=2)]
+        assert [len(b[0]) for b in got] == [4, 2] and len(ds.loader(4)) == 2
+        for (x, t), (rx, rt) in zip(got, ref, strict=True):
+            assert x.shape == (len(x), E // 2, 64, 64) and torch.equal(x, rx)
+            assert all(torch.equal(t[k], rt[k]) for k in ("abundance", "labels"))
+    # uint16 channels last, unshuffled: batches in group order, equal to the stored data
+    u = PatchDataset(single, "abundance", dtype=torch.uint16, layout="hwc")
+    order = np.concatenate(u.stream().groups())
+    loader = PatchLoader(u, 3, threads=3, shuffle=False)
+    xs, ts = zip(*[(x.clone(), t) for x, t in DataLoader(loader, batch_size=None)], strict=True)
+    xs, ts = torch.cat(xs), torch.cat(ts)
+    assert xs.dtype == torch.uint16 and len(xs) == len(u)
+    for b, k in enumerate(order):
+        _, y0, x0 = u.position(k)
+        c_ref, ab_ref, _ = _truth(single, None, y0, x0)
+        np.testing.assert_array_equal(xs[b].numpy(), c_ref)
+        np.testing.assert_allclose(ts[b].numpy().transpose(1, 2, 0), ab_ref, rtol=1e-6)
+    assert not _loader_threads()
+
+
+def test_threaded_loader_buffer_rule_errors_and_cleanup(batch):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ganx_dask.ml import PatchDataset
+
+    ds = PatchDataset(batch, "labels", patch=64, seed=2)
+    ref = [x for x, _ in DataLoader(ds.stream(batch_size=1), batch_size=None)]
+    # hold=2: the last two batches stay intact while two more are prefetched into the ring
+    held = []
+    for j, (x, t) in enumerate(ds.loader(1, threads=2, prefetch=2, hold=2)):
+        held = (held + [(j, x)])[-2:]
+        for i, h in held:
+            assert torch.equal(h, ref[i]), (i, j)
+        assert t.shape == (1, 64, 64)
+    assert j == len(ds) - 1
+    # leaving early stops the threads; so does close()
+    it = iter(ds.loader(2, threads=2))
+    next(it)
+    assert _loader_threads()
+    del it
+    assert not _loader_threads()
+    loader = ds.loader(2, threads=2)
+    for _ in loader:
+        break
+    loader.close()
+    assert not _loader_threads()
+
+    def boom(x, rng):
+        raise ValueError("bad patch")
+
+    bad = PatchDataset(batch, "labels", transforms=[boom])
+    with pytest.raises(GanxError, match=r"image img\d\d rows 0:64.*ValueError: bad patch"):
+        list(bad.loader(4, threads=2))
+    assert not _loader_threads()
+    with pytest.raises(GanxError, match="own threads"):
+        next(iter(DataLoader(ds.loader(2), batch_size=None, num_workers=1)))
+    with pytest.raises(GanxError, match="hold must be a positive"):
+        ds.loader(2, hold=0)
