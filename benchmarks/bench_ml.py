@@ -4,11 +4,13 @@ Builds a local store (one image, ``--size`` × ``--size`` px × ``--channels`` c
 photons per pixel from a few spectra) in the default layout (256² zarr chunks) and a training
 layout (:func:`ganx_dask.ml.rechunk` to 64²), then measures 64² patches/s:
 
-* **ceiling**: the store's raw decode rate — every ``counts`` chunk read and decompressed with
-  zarr in ``--workers`` processes (disjoint chunks), as patch-equivalents (voxels / 64²·E) per s.
-  Each process decodes into one reused buffer (``get_basic_selection(out=…)``, as the loaders
-  do); the rate with a fresh array per chunk is printed too (``ceiling_fresh``), the ceiling is
-  the larger of the two;
+* **ceiling**: the store's raw decode rate — every ``counts`` chunk read and decompressed in
+  ``--workers`` processes (disjoint chunks), as patch-equivalents (voxels / 64²·E) per s, the
+  best of three ways: zarr into one reused buffer per process (``get_basic_selection(out=…)``),
+  zarr into a fresh array per chunk, and the loaders' own reader (``ganx_dask.ml._read_into``:
+  chunk bytes fetched through the zarr store, decompressed straight into a reused buffer).
+  Each rate is printed too (``ceiling_zarr``, ``ceiling_zarr_fresh``, ``ceiling_direct``; and
+  ``ceiling_direct_threads``: the direct reader in ``--workers`` threads of one process);
 * **map**: ``DataLoader(PatchDataset(..., "abundance"), shuffle=True, num_workers=W,
   batch_size=16, persistent_workers=True)`` — random access, each patch reads the chunks it
   touches;
@@ -17,7 +19,11 @@ layout (:func:`ganx_dask.ml.rechunk` to 64²), then measures 64² patches/s:
 * **stream_batched**: ``DataLoader(PatchDataset(...).stream(batch_size=16), batch_size=None,
   num_workers=W)`` — the same batches, built by the workers in shared memory (no collate copy);
 * **stream_batched_u16_hwc**: the same with ``dtype=torch.uint16, layout="hwc"`` (the stored
-  counts, channels last: no conversion, no transpose, half the bytes between processes).
+  counts, channels last: no conversion, no transpose, half the bytes between processes);
+* **threaded**: ``PatchDataset(...).loader(16, threads=W)`` — the same batches as the stream,
+  read by ``W`` threads in this process into recycled buffers (no worker processes);
+* **threaded_f32_hwc** / **threaded_u16_hwc**: the same, float32 or the stored uint16 counts
+  channels last (no transpose).
 
 Every loader rate is the best epoch after the first (persistent workers: start-up excluded).
 Loader items are ``(E, 64, 64)`` tensors plus abundance targets (the conversion and the
@@ -28,7 +34,10 @@ are reported with the load average.
 Usage::
 
     python benchmarks/bench_ml.py [--size 512] [--channels 1024] [--workers 2] [--repeat 3]
-                                  [--json OUT]
+                                  [--loaders map,threaded,…] [--json OUT] [--store-dir DIR]
+
+Prints the JSON results, then a table: patches/s and % of the ceiling per loader and layout,
+with the load average before and after each layout.
 """
 
 from __future__ import annotations
@@ -80,44 +89,55 @@ def make_store(path: Path, size: int, channels: int, photons: int, chunk: int) -
 
 
 def _decode(args) -> int:
+    """Voxels decoded: the chunks ``blocks`` of ``path/counts``, ``how`` = ``zarr`` (into one
+    reused buffer), ``zarr_fresh`` (a new array per chunk) or ``direct`` (the loaders' reader)."""
     import zarr
     from zarr.core.buffer import default_buffer_prototype
 
-    path, blocks, reuse = args
+    from ganx_dask.ml import _read_into
+
+    path, blocks, how = args
     a = zarr.open_array(f"{path}/counts", mode="r")
     cy, cx = a.chunks[:2]
     buf = np.empty(a.chunks, a.dtype)
     out = default_buffer_prototype().nd_buffer.from_numpy_array(buf)
+    scratch: dict = {}
     n = 0
     for by, bx in blocks:
-        sel = (slice(by * cy, (by + 1) * cy), slice(bx * cx, (bx + 1) * cx), slice(None))
-        if reuse:
-            a.get_basic_selection(sel, out=out)
+        sel = (slice(by * cy, (by + 1) * cy), slice(bx * cx, (bx + 1) * cx))
+        if how == "zarr":
+            a.get_basic_selection(sel + (slice(None),), out=out)
             n += buf.size
+        elif how == "direct":
+            n += _read_into(a, sel, scratch, 0).size
         else:
             n += a[sel].size
     return n
 
 
-def ceiling(path: Path, workers: int, reuse: bool = True) -> float:
-    """Patch-equivalents per second of raw chunk decoding in ``workers`` processes (into one
-    reused buffer per process, or a fresh array per chunk)."""
+def ceiling(path: Path, workers: int, how: str = "zarr", threads: bool = False) -> float:
+    """Patch-equivalents per second of raw chunk decoding (:func:`_decode`) in ``workers``
+    processes (or threads of this process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import zarr
 
     a = zarr.open_array(f"{path}/counts", mode="r")
     ny, nx = (-(-s // c) for s, c in zip(a.shape[:2], a.chunks[:2], strict=True))
     assert a.shape[0] % a.chunks[0] == 0 and a.shape[1] % a.chunks[1] == 0, "whole chunks only"
     blocks = [(y, x) for y in range(ny) for x in range(nx)]
-    jobs = [(str(path), blocks[w::workers], reuse) for w in range(workers)]
-    with mp.get_context("fork").Pool(workers) as pool:
-        pool.map(_decode, jobs)  # warm-up (imports, page cache)
+    jobs = [(str(path), blocks[w::workers], how) for w in range(workers)]
+    pool = ThreadPoolExecutor(workers) if threads else mp.get_context("fork").Pool(workers)
+    with pool:
+        list(pool.map(_decode, jobs))  # warm-up (imports, page cache)
         t0 = time.perf_counter()
         n = sum(pool.map(_decode, jobs))
         dt = time.perf_counter() - t0
     return n / (PATCH * PATCH * a.shape[2]) / dt
 
 
-LOADERS = ("map", "stream", "stream_batched", "stream_batched_u16_hwc")
+LOADERS = ("map", "stream", "stream_batched", "stream_batched_u16_hwc", "threaded",
+           "threaded_f32_hwc", "threaded_u16_hwc")
 
 
 def loader_rate(path: Path, workers: int, kind: str, epochs: int = 3) -> float:
@@ -127,8 +147,11 @@ def loader_rate(path: Path, workers: int, kind: str, epochs: int = 3) -> float:
 
     from ganx_dask.ml import PatchDataset
 
-    kw = {"dtype": torch.uint16, "layout": "hwc"} if kind.endswith("u16_hwc") else {}
+    kw = {"dtype": torch.uint16, "layout": "hwc"} if kind.endswith("u16_hwc") else \
+        {"layout": "hwc"} if kind.endswith("f32_hwc") else {}
     ds = PatchDataset(path, "abundance", patch=PATCH, **kw)
+    if kind.startswith("threaded"):
+        return _best_epoch(ds.loader(16, threads=workers), epochs)
     bs, kw = 16, {}
     if kind == "map":
         src, kw = ds, {"shuffle": True, "generator": torch.Generator().manual_seed(0)}
@@ -136,17 +159,36 @@ def loader_rate(path: Path, workers: int, kind: str, epochs: int = 3) -> float:
         src = ds.stream()
     else:
         src, bs = ds.stream(batch_size=16), None
+    return _best_epoch(DataLoader(src, batch_size=bs, num_workers=workers,
+                                  persistent_workers=workers > 0, **kw), epochs)
+
+
+def _best_epoch(loader, epochs: int) -> float:
     best = 0.0
-    dl = DataLoader(src, batch_size=bs, num_workers=workers, persistent_workers=workers > 0,
-                    **kw)
     for e in range(epochs):
         t0 = time.perf_counter()
         n = 0
-        for x, _ in dl:
+        for x, _ in loader:
             n += x.shape[0]
         if e:
             best = max(best, n / (time.perf_counter() - t0))
     return best
+
+
+def table(res: dict, loaders: list[str]) -> str:
+    """Markdown table: ceiling and loader patches/s (% of the ceiling) per layout."""
+    names = {"default": "default (256² chunks)", "train": "training (64² chunks)"}
+    lines = ["| layout | load avg (1 min, before → after) | decode ceiling | "
+             + " | ".join(loaders) + " |", "|---" * (len(loaders) + 3) + "|"]
+    for layout in res.get("layout_loadavg", {}):
+        r = res[layout]
+        la = res["layout_loadavg"][layout]
+        cells = [f"{r[f'{k}_patches_s']:.1f} ({100 * r[f'{k}_vs_ceiling']:.0f} %)" for k in loaders]
+        lines.append(f"| {names.get(layout, layout)} | {la[0]:.2f} → {la[-1]:.2f} | "
+                     f"{r['ceiling_patches_s']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (f"\n\npatches/s (% of the ceiling), medians of {len(la) - 1} "
+                               f"round(s); {res['workers']} workers/threads, 64² patches × "
+                               f"{res['channels']} channels") if res.get("layout_loadavg") else ""
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -180,15 +222,20 @@ def main(argv: list[str] | None = None) -> dict:
                "build_s": round(build, 1)}
         load = [os.getloadavg()]
         for layout in args.layouts.split(","):
+            res.setdefault("layout_loadavg", {})[layout] = [round(os.getloadavg()[0], 2)]
             p = tmp / f"{layout}.zarr"
             runs: dict[str, list[float]] = {}
             for _ in range(args.repeat):
-                reuse, fresh = ceiling(p, args.workers), ceiling(p, args.workers, reuse=False)
-                runs.setdefault("ceiling", []).append(max(reuse, fresh))
-                runs.setdefault("ceiling_fresh", []).append(fresh)
+                ways = {f"ceiling_{how}": ceiling(p, args.workers, how)
+                        for how in ("zarr", "zarr_fresh", "direct")}
+                ways["ceiling_direct_threads"] = ceiling(p, args.workers, "direct", threads=True)
+                runs.setdefault("ceiling", []).append(max(ways.values()))
+                for k, v in ways.items():
+                    runs.setdefault(k, []).append(v)
                 for kind in loaders:
                     runs.setdefault(kind, []).append(loader_rate(p, args.workers, kind))
                 load.append(os.getloadavg())
+            res["layout_loadavg"][layout].append(round(os.getloadavg()[0], 2))
             med = {k: float(np.median(v)) for k, v in runs.items()}
             res[layout] = {
                 **{f"{k}_patches_s": round(v, 1) for k, v in med.items()},
@@ -200,6 +247,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.store_dir:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(res, indent=1))
+    print(table(res, loaders))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return res

@@ -24,8 +24,12 @@ counts          ``(E, p, p)`` (``layout="chw"``)  float32    photon counts after
 ``targets="abundance"`` gives that tensor; a list of names gives a dict name → tensor (the default
 ``collate_fn`` stacks both).
 
-Two ways to iterate, both seeded and worker-safe (every worker opens its own zarr handles; a
+Three ways to iterate, all seeded (every ``DataLoader`` worker opens its own zarr handles; a
 dataset pickles without them):
+
+* :meth:`PatchDataset.loader` (:class:`PatchLoader`): the stream's batches, read and converted
+  by a pool of threads in this process into recycled batch buffers (no worker processes, no
+  inter-process copy; the fastest on a few cores).
 
 * :class:`PatchDataset` (map-style): ``DataLoader(ds, shuffle=True, num_workers=…)``.  Each item
   reads its patch; zarr decodes every chunk the patch touches, so with the default 256×256-pixel
@@ -37,7 +41,8 @@ dataset pickles without them):
   no per-patch tensor and no collate copy.
 
 Per patch, after decoding, the loader converts and transposes the counts in one pass straight
-into the output tensor (zarr decodes into a reused per-worker buffer); ``dtype=torch.uint16``
+into the output tensor (plain Blosc/Zstd chunks are decompressed straight into a reused buffer
+per worker or thread); ``dtype=torch.uint16``
 skips the conversion and halves the bytes sent between processes (see docs/ml.md for measured
 rates against the decode ceiling).
 
@@ -263,15 +268,89 @@ def _empty(shape: tuple[int, ...], dtype: np.dtype):
     return torch.empty(shape, dtype=tdt)
 
 
+def _chunk_decoder(arr) -> Callable | None:
+    """``decode(chunk bytes, out)`` decompressing one chunk of ``arr`` straight into ``out``,
+    for a plain zarr v3 layout (``bytes`` codec in native byte order + one Blosc or Zstd
+    compressor, no sharding, one chunk along the last axis); ``None`` for anything else (then
+    zarr's own pipeline reads the region)."""
+    import sys
+
+    import numcodecs.blosc
+    import numcodecs.zstd
+    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+
+    codecs = getattr(getattr(arr, "metadata", None), "codecs", None)
+    if (codecs is None or len(codecs) != 2 or not isinstance(codecs[0], BytesCodec)
+            or arr.chunks[2:] != arr.shape[2:] or not isinstance(arr.dtype, np.dtype)):
+        return None
+    endian = getattr(codecs[0].endian, "value", codecs[0].endian)
+    if arr.dtype.itemsize > 1 and endian != sys.byteorder:
+        return None
+    if isinstance(codecs[1], BloscCodec):
+        return lambda src, out: numcodecs.blosc.decompress(src, out)
+    if isinstance(codecs[1], ZstdCodec) and not codecs[1].checksum:
+        dec = numcodecs.zstd.Zstd()
+        return lambda src, out: dec.decode(src, out)
+    return None
+
+
+def _read_chunks(arr, decode: Callable, sel: tuple[slice, slice], buf: np.ndarray,
+                 scratch: dict) -> None:
+    """Fill ``buf`` with ``arr[sel]``: the chunk bytes under the region are fetched through the
+    array's zarr store (concurrently, so remote stores pay one round trip) and each chunk is
+    decompressed by ``decode`` straight into ``buf`` when the region is exactly that chunk,
+    else into a reusable chunk buffer (``scratch["chunk"]``) and copied over."""
+    import asyncio
+
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    ys, xs = sel
+    cy, cx = arr.chunks[:2]
+    coords = [(by, bx) for by in range(ys.start // cy, -(-ys.stop // cy))
+              for bx in range(xs.start // cx, -(-xs.stop // cx))]
+    proto, tail = default_buffer_prototype(), (0,) * (arr.ndim - 2)
+
+    async def fetch():
+        return await asyncio.gather(*[
+            (arr.store_path / arr.metadata.encode_chunk_key((by, bx) + tail)).get(prototype=proto)
+            for by, bx in coords])
+
+    for (by, bx), raw in zip(coords, sync(fetch()), strict=True):
+        y0, x0 = by * cy, bx * cx
+        a0, a1 = max(ys.start, y0), min(ys.stop, y0 + cy)
+        b0, b1 = max(xs.start, x0), min(xs.stop, x0 + cx)
+        whole = (ys.start, ys.stop, xs.start, xs.stop) == (y0, y0 + cy, x0, x0 + cx)
+        if whole:
+            dest = buf
+        else:
+            dest = scratch.get("chunk")
+            if dest is None or dest.shape != tuple(arr.chunks):
+                dest = scratch["chunk"] = np.empty(arr.chunks, arr.dtype)
+        if raw is None:  # never written: the fill value
+            dest[...] = arr.metadata.fill_value
+        else:
+            decode(raw.as_numpy_array(), dest)
+        if not whole:
+            buf[a0 - ys.start:a1 - ys.start, b0 - xs.start:b1 - xs.start] = \
+                dest[a0 - y0:a1 - y0, b0 - x0:b1 - x0]
+
+
 def _read_into(arr, sel: tuple[slice, slice], scratch: dict, key: int) -> np.ndarray:
-    """``arr[sel]`` decoded by zarr straight into the reusable buffer ``scratch[key]`` (made or
-    re-made when the region shape changes): no fresh allocation (page faults) per read."""
+    """``arr[sel]`` decoded into the reusable buffer ``scratch[key]`` (made or re-made when the
+    region shape changes): no fresh allocation (page faults) per read.  Plain Blosc/Zstd
+    arrays are decompressed chunk by chunk straight into it (:func:`_read_chunks`: no
+    intermediate array per chunk); other layouts go through zarr's pipeline with ``out=``."""
     from zarr.core.buffer import default_buffer_prototype
 
     shape = tuple(s.stop - s.start for s in sel) + tuple(arr.shape[2:])
     buf = scratch.get(key)
     if buf is None or buf.shape != shape:
         buf = scratch[key] = np.empty(shape, arr.dtype)
+    decode = _chunk_decoder(arr)
+    if decode is not None:
+        _read_chunks(arr, decode, sel, buf, scratch)
+        return buf
     nd = default_buffer_prototype().nd_buffer.from_numpy_array(buf)
     arr.get_basic_selection(sel + (slice(None),) * (len(shape) - 2), out=nd)
     return buf
@@ -484,10 +563,11 @@ class PatchDataset:
         else:
             out = {"counts": _read_into(a["counts"], (slice(y0, y1), slice(x0, x1)),
                                         self._scratch if pool is None else pool, scratch)}
-        if "abundance" in self.targets or "labels" in self.targets:
-            out["labels"] = a["labels"][y0:y1, x0:x1]
-        if "rgb" in self.targets:
-            out["rgb"] = a["rgb"][y0:y1, x0:x1, :]
+        for name, need in (("labels", ("abundance", "labels")), ("rgb", ("rgb",))):
+            if any(t in self.targets for t in need):
+                out[name] = (a[name][y0:y1, x0:x1] if scratch is None else _read_into(
+                    a[name], (slice(y0, y1), slice(x0, x1)),
+                    self._scratch if pool is None else pool, (name, scratch)))
         return out
 
     def _sample(self, i: int, y0: int, x0: int, raw: dict, oy: int = 0, ox: int = 0,
@@ -741,9 +821,10 @@ class PatchLoader(_iterable_base()):
         self.dataset, self.batch_size = dataset, int(batch_size)
         self.threads, self.prefetch, self.hold = int(threads), int(prefetch), int(hold)
         self._live: weakref.WeakSet = weakref.WeakSet()  # iterations in progress
+        self._ring: tuple[list, int] | None = None  # (buffers, batches yielded) between epochs
 
     def __getstate__(self):
-        return {**self.__dict__, "_live": None}
+        return {**self.__dict__, "_live": None, "_ring": None}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _live=weakref.WeakSet())
@@ -796,7 +877,13 @@ class PatchLoader(_iterable_base()):
         nb = -(-n // bs)
         span = max((its[-1][1] // bs - its[0][1] // bs + 1 for _, its in tasks), default=1)
         ahead = max(self.prefetch, span)
-        bufs: list = [None] * (ahead + self.hold)
+        # the ring of batch buffers is kept between epochs (numbering continues, so the buffer
+        # rule holds across an epoch boundary); a second concurrent iteration gets its own
+        ring, self._ring = self._ring, None
+        if ring is None or len(ring[0]) != ahead + self.hold:
+            ring = ([None] * (ahead + self.hold), 0)
+        bufs, base = ring
+        yielded = 0
         left = {j: min(bs, n - j * bs) for j in range(nb)}
         targets: dict[int, list] = {j: [None] * left[j] for j in range(nb)}
         cond = threading.Condition()
@@ -820,11 +907,10 @@ class PatchLoader(_iterable_base()):
                     _, py, px = (int(v) for v in ds.index[k])
 
                     def slot(shape, j=j, s=s):
-                        r = j % len(bufs)
-                        if bufs[r] is None:
-                            with cond:
-                                if bufs[r] is None:
-                                    bufs[r] = torch.empty((bs, *shape), dtype=tdt)
+                        r = (base + j) % len(bufs)
+                        with cond:
+                            if bufs[r] is None or bufs[r].shape[1:] != shape:
+                                bufs[r] = torch.empty((bs, *shape), dtype=tdt)
                         return bufs[r][s]
 
                     targets[j][s] = ds._sample(i, py, px, raw, py - y0, px - x0, out=slot)[1]
@@ -854,13 +940,16 @@ class PatchLoader(_iterable_base()):
                         f"PatchLoader: reading image {ds.images[i].name} rows {y0}:{y1}, "
                         f"columns {x0}:{x1} failed in a reader thread: "
                         f"{type(exc).__name__}: {exc}") from exc
-                x = bufs[j % len(bufs)]
+                x = bufs[(base + j) % len(bufs)]
                 del left[j]
+                yielded = j + 1
                 yield PatchStream._batch(x[:bs if (j + 1) * bs <= n else n - j * bs],
                                          targets.pop(j))
         finally:
             failed.append(None)  # queued reads return at once
             pool.shutdown(wait=True, cancel_futures=True)
+            if not failed[:-1]:  # a failed epoch may leave a half-written ring: drop it
+                self._ring = (bufs, (base + yielded) % len(bufs))
 
 
 # --------------------------------------------------------------------------- layout
