@@ -294,29 +294,56 @@ def _chunk_decoder(arr) -> Callable | None:
     return None
 
 
-def _read_chunks(arr, decode: Callable, sel: tuple[slice, slice], buf: np.ndarray,
-                 scratch: dict) -> None:
-    """Fill ``buf`` with ``arr[sel]``: the chunk bytes under the region are fetched through the
-    array's zarr store (concurrently, so remote stores pay one round trip) and each chunk is
-    decompressed by ``decode`` straight into ``buf`` when the region is exactly that chunk,
-    else into a reusable chunk buffer (``scratch["chunk"]``) and copied over."""
+def _chunk_bytes(arr, keys: list[str], scratch: dict) -> Iterator[np.ndarray | None]:
+    """The stored bytes of the chunks ``keys`` of ``arr`` (``None``: never written), one at a
+    time.  A local store's chunk files are read into one reused buffer (``scratch["bytes"]``;
+    each item is valid until the next); other stores are read through zarr, concurrently."""
+    from zarr.storage import LocalStore
+
+    store = arr.store_path.store
+    if isinstance(store, LocalStore):
+        base = Path(store.root) / arr.store_path.path
+        for key in keys:
+            try:
+                with open(base / key, "rb", buffering=0) as fh:
+                    n = os.fstat(fh.fileno()).st_size
+                    raw = scratch.get("bytes")
+                    if raw is None or raw.size < n:
+                        raw = scratch["bytes"] = np.empty(max(n, 1 << 20), np.uint8)
+                    got = fh.readinto(memoryview(raw)[:n])
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                yield None
+                continue
+            yield raw[:got]
+        return
     import asyncio
 
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
+    proto = default_buffer_prototype()
+
+    async def fetch():
+        return await asyncio.gather(*[(arr.store_path / k).get(prototype=proto) for k in keys])
+
+    for raw in sync(fetch()):
+        yield None if raw is None else raw.as_numpy_array()
+
+
+def _read_chunks(arr, decode: Callable, sel: tuple[slice, slice], buf: np.ndarray,
+                 scratch: dict) -> None:
+    """Fill ``buf`` with ``arr[sel]``: the chunk bytes under the region are read (local store:
+    straight from the chunk files into a reused byte buffer; other stores: through the zarr
+    store, all chunks concurrently, so remote stores pay one round trip) and each chunk is
+    decompressed by ``decode`` straight into ``buf`` when the region is exactly that chunk,
+    else into a reusable chunk buffer (``scratch["chunk"]``) and copied over."""
     ys, xs = sel
     cy, cx = arr.chunks[:2]
     coords = [(by, bx) for by in range(ys.start // cy, -(-ys.stop // cy))
               for bx in range(xs.start // cx, -(-xs.stop // cx))]
-    proto, tail = default_buffer_prototype(), (0,) * (arr.ndim - 2)
-
-    async def fetch():
-        return await asyncio.gather(*[
-            (arr.store_path / arr.metadata.encode_chunk_key((by, bx) + tail)).get(prototype=proto)
-            for by, bx in coords])
-
-    for (by, bx), raw in zip(coords, sync(fetch()), strict=True):
+    tail = (0,) * (arr.ndim - 2)
+    keys = [arr.metadata.encode_chunk_key((by, bx) + tail) for by, bx in coords]
+    for (by, bx), raw in zip(coords, _chunk_bytes(arr, keys, scratch), strict=True):
         y0, x0 = by * cy, bx * cx
         a0, a1 = max(ys.start, y0), min(ys.stop, y0 + cy)
         b0, b1 = max(xs.start, x0), min(xs.stop, x0 + cx)
@@ -330,7 +357,7 @@ def _read_chunks(arr, decode: Callable, sel: tuple[slice, slice], buf: np.ndarra
         if raw is None:  # never written: the fill value
             dest[...] = arr.metadata.fill_value
         else:
-            decode(raw.as_numpy_array(), dest)
+            decode(raw, dest)
         if not whole:
             buf[a0 - ys.start:a1 - ys.start, b0 - xs.start:b1 - xs.start] = \
                 dest[a0 - y0:a1 - y0, b0 - x0:b1 - x0]
