@@ -437,3 +437,10 @@ def test_region_reader_codecs_and_edge_chunks(single, tmp_path):
         for ys, xs in ((slice(0, 64), slice(0, 96)), (slice(30, 150), slice(50, 128)),
                        (slice(128, 192), slice(0, 64)), (slice(190, 192), slice(127, 128))):
             np.testing.assert_array_equal(_read_into(arr, (ys, xs), scratch, 0), ref[ys, xs])
+    # a chunk never written reads as the fill value (0), its neighbours unchanged
+    (tmp_path / "zstd.zarr" / "counts" / "c" / "1" / "0" / "0").unlink()
+    got = _read_into(zarr.open_array(f"{paths['zstd']}/counts", mode="r"),
+                     (slice(32, 96), slice(64, 128)), {}, 0)
+    assert not got[32:, :32].any()
+    np.testing.assert_array_equal(got[:32], ref[32:64, 64:128])
+    np.testing.assert_array_equal(got[32:, 32:], ref[64:96, 96:128])
