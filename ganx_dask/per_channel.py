@@ -375,7 +375,7 @@ class PoissonTables:
             pix = np.flatnonzero(rows == u)
             rank[pix] = np.arange(pix.size)
             if self.rows[u][0].size:
-                values[int(u)] = np.ascontiguousarray(self.draw_row(rng, int(u), pix.size).T)
+                values[int(u)] = self.draw_row(rng, int(u), pix.size)
         return RowDraws(values, rank)
 
     def draw_row(self, rng: np.random.Generator, u: int, n_pix: int) -> np.ndarray:
@@ -406,16 +406,17 @@ class PoissonTables:
 
 class RowDraws:
     """The ``big`` channels of a set of pixels drawn from :class:`PoissonTables`: per row of
-    ``dist`` an ``(n_pix, n_big)`` int64 array (its pixels in order) and each pixel's rank
-    among the pixels of its row."""
+    ``dist`` an ``(n_big, n_pix)`` int64 array (as drawn: channel-major, its pixels in order)
+    and each pixel's rank among the pixels of its row."""
 
     def __init__(self, values: dict[int, np.ndarray], rank: np.ndarray):
         self.values, self.rank = values, rank
 
     def take(self, u: int, idx: np.ndarray) -> np.ndarray:
-        """Values of pixels ``idx`` (ascending, all of row ``u``, consecutive in it)."""
+        """Values of pixels ``idx`` (ascending, all of row ``u``, consecutive in it), an
+        ``(idx.size, n_big)`` view (written through flat indices: no transposed copy)."""
         a = int(self.rank[idx[0]])
-        return self.values[u][a:a + idx.size]
+        return self.values[u][:, a:a + idx.size].T
 
 
 def _table_width(mu: np.ndarray, sigmas: float) -> np.ndarray:

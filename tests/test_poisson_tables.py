@@ -93,7 +93,7 @@ def test_table_draws_are_poisson(sigmas):
     t = 0
     outside = 0
     for u in (0, 1):
-        x = drawn.values[u]
+        x = drawn.values[u].T  # (pixels, channels)
         assert x.shape == (n, tab.rows[u][0].size)
         for i in range(x.shape[1]):
             mu, xi = tab.mu[t], x[:, i]
