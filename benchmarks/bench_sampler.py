@@ -86,8 +86,7 @@ def count_levels(reps: int = 3, levels=(400, 4000, 26000, 100000)) -> dict:
                 if pcl and engine == "numpy":
                     d = sampling.alias_distributions(prob, alias)
                     lam = N - N ** 0.5 if model == "fixed" else float(N)
-                    split = per_channel._Split(d, lam)
-                    tab = per_channel.PoissonTables(d, lam, split.big)
+                    tab = per_channel._Split(d, lam, shared=True).tables
                     row["tables_build_ms"] = round(tab.build_seconds * 1e3, 1)
                     row["tables_MB"] = round(tab.nbytes / 1e6, 2)
                     row["tables_cells"] = int(tab.prob.size)

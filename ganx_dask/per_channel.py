@@ -6,7 +6,7 @@ channel whatever N is: channels expecting < ``SPLIT_MEAN`` = 4 counts are drawn 
 (:func:`poisson_rows`, Poisson splitting), the others ("big") one numpy Poisson variate each
 (≈ 30–100 ns, more for means ≳ 10) or, when every pixel of a row of ``dist`` shares its mean,
 one uniform and one alias lookup in a per-(row, channel) table of the Poisson law
-(:class:`PoissonTables`, ≈ 3× cheaper).  Above ``N ≈ 5·E`` photons per pixel the per-channel
+(:class:`PoissonTables`, ≈ 2–3× cheaper; then the threshold is ``TABLE_SPLIT_MEAN`` = 2).  Above ``N ≈ 5·E`` photons per pixel the per-channel
 path is the cheaper one; :func:`use_per_channel` makes that choice per tile, from the
 parameters alone (count model, counts, scale map, detector effects, number of channels) and never
 from the chunking, the scheduler or the engine.
@@ -68,7 +68,7 @@ one uniform per escape of the row, in the same order.  Then the pixels are taken
 at most ``2¹⁸`` voxels; per batch the stream is consumed as: (``fixed`` with pile-up) one
 binomial per pixel; the Poisson step (:func:`poisson_rows`: without blur, and except pile-up
 with ``poisson``, channels whose mean at the tile's largest pixel mean is below ``SPLIT_MEAN``
-are drawn as a Poisson number of photons, one uniform each — exact by Poisson splitting —, the
+— ``TABLE_SPLIT_MEAN`` with tables — are drawn as a Poisson number of photons, one uniform each — exact by Poisson splitting —, the
 others one variate each unless the tables drew them; with blur or pile-up one Poisson per
 channel of each pixel, pixels in order); (``fixed``) one
 uniform per added photon, pixels in order (with blur first one per added photon for its
@@ -116,6 +116,10 @@ _BATCH_VOXELS = 1 << 18
 #: photons instead of one variate each (:func:`poisson_rows`): a photon costs ≈ 15–20 ns in
 #: numpy, a Poisson variate 35–90 ns (more for means ≳ 10); measured flat between 2 and 8.
 SPLIT_MEAN = 4.0
+#: The same threshold when the big channels come from :class:`PoissonTables` (a table variate
+#: costs ≈ 25–40 ns, a photon ≈ 25 ns with its count): the channels expecting 2–4 counts are
+#: cheaper as table variates.
+TABLE_SPLIT_MEAN = 2.0
 
 
 def channel_rng(seed: int, ty: int, tx: int) -> np.random.Generator:
@@ -228,7 +232,7 @@ class _Split:
     drawn from :class:`PoissonTables` (``tables``) instead of ``rng.poisson``."""
 
     def __init__(self, dist: np.ndarray, lam_ref: float, shared: bool = False):
-        big = lam_ref * dist >= SPLIT_MEAN
+        big = lam_ref * dist >= (TABLE_SPLIT_MEAN if shared else SPLIT_MEAN)
         self.big = [np.flatnonzero(b) for b in big]
         rest = np.where(big, 0.0, dist)
         self.small = rest.sum(axis=1)
@@ -413,10 +417,11 @@ class RowDraws:
         self.values, self.rank = values, rank
 
     def take(self, u: int, idx: np.ndarray) -> np.ndarray:
-        """Values of pixels ``idx`` (ascending, all of row ``u``, consecutive in it), an
-        ``(idx.size, n_big)`` view (written through flat indices: no transposed copy)."""
+        """Values of pixels ``idx`` (ascending, all of row ``u``, consecutive in it),
+        ``(idx.size, n_big)``."""
         a = int(self.rank[idx[0]])
-        return self.values[u][:, a:a + idx.size].T
+        # a contiguous copy first: scattering from the transposed view reads ≈ 2× slower
+        return np.ascontiguousarray(self.values[u][:, a:a + idx.size].T)
 
 
 def _table_width(mu: np.ndarray, sigmas: float) -> np.ndarray:

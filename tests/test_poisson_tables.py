@@ -11,20 +11,22 @@ from scipy import stats
 from ganx_dask import per_channel as pc
 from ganx_dask import sampling
 
-#: Poisson means of the tests: just above SPLIT_MEAN up to the tens of thousands.
-MUS = np.array([4.05, 4.5, 9.7, 37.3, 250.0, 3100.0, 27000.0])
+#: Poisson means of the tests: just above TABLE_SPLIT_MEAN and SPLIT_MEAN up to the tens of
+#: thousands.
+MUS = np.array([2.05, 4.05, 4.5, 9.7, 37.3, 250.0, 3100.0, 27000.0])
 
 
 def _tables(sigmas=None, mus=MUS):
     """Two rows of ``dist`` whose big channels have the means ``mus`` (row 0) and ``mus / 2``
-    above SPLIT_MEAN (row 1), in shuffled channel order, with small channels in between."""
+    above TABLE_SPLIT_MEAN (row 1), in shuffled channel order, with small channels in
+    between."""
     E = 3 * mus.size
     lam = 1000.0
     d = np.full((2, E), 1e-3 / lam)  # small channels: mean 1e-3 each
     ch = np.random.default_rng(0).permutation(E)[:mus.size]
     d[0, ch] = mus / lam
     d[1, ch] = mus / (2 * lam)
-    big = [np.flatnonzero(lam * r >= pc.SPLIT_MEAN) for r in d]
+    big = [np.flatnonzero(lam * r >= pc.TABLE_SPLIT_MEAN) for r in d]
     return pc.PoissonTables(d, lam, big, sigmas=sigmas), d, lam
 
 
@@ -46,7 +48,7 @@ def test_alias_sweep_reproduces_the_weights():
 @pytest.mark.parametrize("sigmas", [None, 0.3])
 def test_tables_hold_the_poisson_law_and_the_exact_tail_mass(sigmas):
     tab, d, lam = _tables(sigmas)
-    assert tab.mu.size == 2 * MUS.size - 2  # 4.05/2 and 4.5/2 are below SPLIT_MEAN
+    assert tab.mu.size == 2 * MUS.size - 1  # 2.05 / 2 is below TABLE_SPLIT_MEAN
     for t, mu in enumerate(tab.mu):
         law, esc = tab.law(t)
         k = tab.lo[t] + np.arange(law.size)
