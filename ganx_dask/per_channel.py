@@ -178,15 +178,21 @@ class _MixtureDraw:
         return self.inner(rng, np.minimum(comp, self.cum.shape[1] - 1))
 
 
-def _add_photons(rng, c, k, rows, draw) -> None:
-    """Add ``k[i]`` photons of law ``rows[i]`` (``draw``) to ``c[i]``, in place, pixels in order."""
+def _add_photons(rng, c, k, rows, draw, pending=()) -> None:
+    """Add ``k[i]`` photons of law ``rows[i]`` (``draw``) to ``c[i]``, in place, pixels in order.
+
+    ``pending``: flat indices (``pixel·E + channel``) of photons drawn earlier but not yet
+    counted; counted in the same pass (one ``bincount`` over the batch instead of two)."""
+    chs = list(pending)
     pix = np.flatnonzero(k > 0)
-    if not pix.size:
-        return
-    kk = k[pix]
-    ch = draw(rng, np.repeat(rows[pix], kk))
-    ch += np.repeat(pix * c.shape[1], kk)
-    c += np.bincount(ch, minlength=c.size).reshape(c.shape)  # ≈ 10× faster than np.add.at
+    if pix.size:
+        kk = k[pix]
+        ch = draw(rng, np.repeat(rows[pix], kk))
+        ch += np.repeat(pix * c.shape[1], kk)
+        chs.append(ch)
+    if chs:
+        ch = chs[0] if len(chs) == 1 else np.concatenate(chs)
+        c += np.bincount(ch, minlength=c.size).reshape(c.shape)  # ≈ 10× faster than np.add.at
 
 
 def _remove_photons(rng, c, k) -> None:
@@ -486,7 +492,7 @@ def _alias_sweep(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
                  rows: np.ndarray, split: _Split | None = None, drawn: RowDraws | None = None,
-                 first: int = 0) -> np.ndarray:
+                 first: int = 0, pending: list | None = None) -> np.ndarray:
     """Independent ``Poisson(lam[i]·dist[rows[i], e])`` counts for every channel ``e``, exactly.
 
     Parameters
@@ -504,6 +510,9 @@ def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
     drawn, first : optional
         The ``big`` channels already drawn for a whole tile (:meth:`PoissonTables.draw_rows`,
         batch pixel ``i`` is the tile's pixel ``first + i``); drawn here when missing.
+    pending : list, optional
+        When given, the photon-drawn channels are not counted into the result: their flat
+        indices and photons per pixel are appended as ``(ch, n_small)`` for the caller.
 
     Returns
     -------
@@ -540,7 +549,10 @@ def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
     if n_small.any():
         ch = split.draw(rng, np.repeat(rows, n_small))
         ch += np.repeat(np.arange(B, dtype=np.intp) * E, n_small)
-        c += np.bincount(ch, minlength=B * E).reshape(B, E)
+        if pending is not None:  # the caller counts them
+            pending.append((ch, n_small))
+        else:
+            c += np.bincount(ch, minlength=B * E).reshape(B, E)
     return c
 
 
@@ -581,9 +593,13 @@ def multinomial_rows(rng: np.random.Generator, n: np.ndarray, dist: np.ndarray,
     n = np.asarray(n, dtype=np.int64)
     rows = np.asarray(rows, dtype=np.intp)
     lam = np.maximum(n - AIM * np.sqrt(n), 0.0)
-    c = poisson_rows(rng, lam, dist, rows, split, drawn, first)
+    pending: list = []
+    c = poisson_rows(rng, lam, dist, rows, split, drawn, first, pending)
     T = c.sum(axis=1)
-    _add_photons(rng, c, n - T, rows, _AliasDraw.of(dist) if draw is None else draw)
+    for _, n_small in pending:
+        T += n_small
+    _add_photons(rng, c, n - T, rows, _AliasDraw.of(dist) if draw is None else draw,
+                 [ch for ch, _ in pending])
     _remove_photons(rng, c, T - n)
     return c
 
