@@ -299,7 +299,7 @@ class PoissonTables:
         Wall time of the construction, s.
     """
 
-    #: Half-width of the support in standard deviations (escapes ≈ 10⁻⁶ per variate).
+    #: Half-width of the support in standard deviations (escapes ≈ 10⁻⁷ per variate here).
     SIGMAS = 5.0
 
     def __init__(self, dist: np.ndarray, lam: float, big: list[np.ndarray],
