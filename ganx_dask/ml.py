@@ -849,9 +849,10 @@ class PatchLoader(_iterable_base()):
         self.threads, self.prefetch, self.hold = int(threads), int(prefetch), int(hold)
         self._live: weakref.WeakSet = weakref.WeakSet()  # iterations in progress
         self._ring: tuple[list, int] | None = None  # (buffers, batches yielded) between epochs
+        self._pools: list[dict] = []  # the reader threads' decode buffers, between epochs
 
     def __getstate__(self):
-        return {**self.__dict__, "_live": None, "_ring": None}
+        return {**self.__dict__, "_live": None, "_ring": None, "_pools": []}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _live=weakref.WeakSet())
@@ -916,6 +917,8 @@ class PatchLoader(_iterable_base()):
         cond = threading.Condition()
         failed: list = []
         local = threading.local()
+        spare, used = self._pools, []  # per-thread decode buffers, reused between epochs
+        self._pools = []
         tdt = torch.from_numpy(np.empty(0, ds.dtype)).dtype
         for i in {r[0] for r, _ in tasks}:  # open the zarr handles once, before the threads
             ds._arrays(i)
@@ -927,7 +930,9 @@ class PatchLoader(_iterable_base()):
             try:
                 pool = getattr(local, "pool", None)
                 if pool is None:
-                    pool = local.pool = {}
+                    with cond:
+                        pool = local.pool = spare.pop() if spare else {}
+                        used.append(pool)
                 raw = ds.read_region(i, y0, y1, x0, x1, scratch=0, pool=pool)
                 for k, f in its:
                     j, s = divmod(f, bs)
@@ -977,6 +982,7 @@ class PatchLoader(_iterable_base()):
             pool.shutdown(wait=True, cancel_futures=True)
             if not failed[:-1]:  # a failed epoch may leave a half-written ring: drop it
                 self._ring = (bufs, (base + yielded) % len(bufs))
+            self._pools = used + spare
 
 
 # --------------------------------------------------------------------------- layout
