@@ -12,7 +12,8 @@ import numpy as np
 from .errors import GanxError
 
 __all__ = [
-    "alias_distributions", "alias_lookup", "alias_tables", "check_distributions", "padded_tables",
+    "alias_distributions", "alias_lookup", "alias_sweep", "alias_tables", "check_distributions",
+    "padded_tables",
 ]
 
 
@@ -161,3 +162,67 @@ def alias_lookup(
     a = kw + j
     a = np.where(f >= ptab.ravel()[a], atab.ravel()[a], a)
     return (a - kw).astype(np.int64)
+
+
+def alias_sweep(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Alias tables of many rows at once, without a per-cell Python loop (a different
+    construction from :func:`alias_tables`: other tables, the same laws up to rounding).
+
+    Parameters
+    ----------
+    q : ndarray (n, W) float64
+        Non-negative weights, each row scaled to sum to its length ``W``.
+
+    Returns
+    -------
+    prob : ndarray (n, W) float64, alias : ndarray (n, W) int32
+        Acceptance thresholds and alias cell of each cell (as :func:`alias_tables`).
+
+    Notes
+    -----
+    The sweep of Hübschle-Schneider & Sanders (*Parallel weighted random sampling*, 2022),
+    written with prefix sums: light cells (``q < 1``) in index order have deficits
+    ``1 − q`` laid end to end, heavy cells (``q ≥ 1``, and the row's largest cell) excesses
+    ``q − 1``.  Lights (by the start ``D`` of their deficit) and heavies (by the end ``E_j``
+    of their excess) are merged in one sorted sequence per row.  A light takes as alias the
+    next heavy of the sequence (the one whose excess interval contains ``D``; the last heavy if
+    none); heavy ``j`` keeps ``1 − (P − E_j)``, ``P`` the start of the next light (the end of
+    the last light it served; the total deficit if none), and gives the rest to the next
+    heavy.  Mass balance is exact for any merge of the two sorted sequences: heavy ``j`` hands
+    out ``P_{j−1} − E_{j−1}`` (via heavy ``j − 1``) plus ``P_j − P_{j−1}`` (its lights) and keeps
+    ``1 − (P_j − E_j)``: ``q_j`` in all; sorting keeps ``P_j − E_j`` in ``[0, 1]``.  The last
+    heavy keeps its cell (its remainder is 0 up to rounding).
+    """
+    n, W = q.shape
+    heavy = q >= 1.0
+    heavy[np.arange(n), np.argmax(q, axis=1)] = True
+    dev = q - 1.0  # excess of a heavy, minus the deficit of a light
+    eend = np.cumsum(np.where(heavy, dev, 0.0), axis=1)
+    dend = np.cumsum(np.where(heavy, 0.0, -dev), axis=1)
+    key = np.zeros_like(dend)
+    key[:, 1:] = dend[:, :-1]  # a light's start is exactly the previous light's end
+    np.copyto(key, eend, where=heavy)
+    order = np.argsort(key, axis=1, kind="stable")
+    skey = np.take_along_axis(key, order, axis=1)
+    sh = np.take_along_axis(heavy, order, axis=1)
+    # after each sorted position: the next heavy cell and the next light start
+    nxt_h = np.empty((n, W + 1), dtype=np.intp)
+    nxt_h[:, -1] = W  # none
+    nxt_h[:, :-1] = np.where(sh, order, W)
+    nxt_h = np.minimum.accumulate(nxt_h[:, ::-1], axis=1)[:, ::-1]
+    nxt_d = np.empty((n, W + 1))
+    nxt_d[:, -1] = dend[:, -1]  # none: the total deficit
+    nxt_d[:, :-1] = np.where(sh, np.inf, skey)
+    nxt_d = np.minimum.accumulate(nxt_d[:, ::-1], axis=1)[:, ::-1]
+    last_h = W - 1 - np.argmax(heavy[:, ::-1], axis=1)
+    ah = nxt_h[:, 1:]  # the next heavy strictly after each position
+    sp = np.where(sh, 1.0 - (nxt_d[:, 1:] - skey), np.take_along_axis(q, order, axis=1))
+    sa = np.where(ah == W, last_h[:, None], ah)
+    lastpos = sh & (ah == W)  # the last heavy keeps everything
+    np.copyto(sp, 1.0, where=lastpos)
+    np.copyto(sa, order, where=lastpos)
+    prob = np.empty((n, W))
+    alias = np.empty((n, W), dtype=np.int32)
+    np.put_along_axis(prob, order, np.clip(sp, 0.0, 1.0), axis=1)
+    np.put_along_axis(alias, order, sa, axis=1)
+    return prob, alias

@@ -84,7 +84,7 @@ import hashlib
 import numpy as np
 
 from . import detector as _det
-from .alias import alias_tables, padded_tables
+from .alias import alias_distributions, alias_sweep, alias_tables, padded_tables
 
 __all__ = [
     "CHANNEL_KEY",
@@ -285,7 +285,7 @@ class PoissonTables:
     ``j = ⌊u·W⌋`` and the coin ``u·W − j``, as :class:`_AliasDraw` does.  An escape is redrawn
     exactly from the tails, by inversion of the conditional tail law (:meth:`tail`, one more
     uniform).  The tables are built for all channels at once, without a per-cell Python loop
-    (:func:`_alias_sweep`).
+    (:func:`~ganx_dask.alias.alias_sweep`).
 
     Attributes
     ----------
@@ -329,7 +329,7 @@ class PoissonTables:
                 + special.gammainc(hi + 1.0, m[:, 0])
             q = np.concatenate((esc[:, None], pmf), axis=1)
             q *= w / q.sum(axis=1, keepdims=True)
-            p, a = _alias_sweep(q)
+            p, a = alias_sweep(q)
             cells = (off[sel, None] + np.arange(w)).ravel()
             self.prob[cells] = p.ravel()
             self.alias[cells] = a.ravel()
@@ -353,8 +353,7 @@ class PoissonTables:
         escape cell (the inverse of the construction, as :func:`~ganx_dask.alias.
         alias_distributions`)."""
         w, o = int(self.W[t]), int(self.off[t])
-        p, a = self.prob[o:o + w], self.alias[o:o + w].astype(np.intp)
-        d = (p + np.bincount(a, weights=1.0 - p, minlength=w)) / w
+        d = alias_distributions(self.prob[None, o:o + w], self.alias[None, o:o + w])[0]
         return d[1:], float(d[0])
 
     def tail(self, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -437,58 +436,6 @@ def _table_width(mu: np.ndarray, sigmas: float) -> np.ndarray:
     step = np.where(need <= 256, 16, 64)
     return (np.ceil(need / step) * step).astype(np.int64)
 
-
-def _alias_sweep(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Alias tables of rows ``q`` (each row sums to its length ``W``), vectorised over rows.
-
-    The sweep of Hübschle-Schneider & Sanders (*Parallel weighted random sampling*, 2022),
-    written with prefix sums: light cells (``q < 1``) in index order have deficits
-    ``1 − q`` laid end to end, heavy cells (``q ≥ 1``, and the row's largest cell) excesses
-    ``q − 1``.  Lights (by the start ``D`` of their deficit) and heavies (by the end ``E_j``
-    of their excess) are merged in one sorted sequence per row.  A light takes as alias the
-    next heavy of the sequence (the one whose excess interval contains ``D``; the last heavy if
-    none); heavy ``j`` keeps ``1 − (P − E_j)``, ``P`` the start of the next light (the end of
-    the last light it served; the total deficit if none), and gives the rest to the next
-    heavy.  Mass balance is exact for any merge of the two sorted sequences: heavy ``j`` hands
-    out ``P_{j−1} − E_{j−1}`` (via heavy ``j − 1``) plus ``P_j − P_{j−1}`` (its lights) and keeps
-    ``1 − (P_j − E_j)``: ``q_j`` in all; sorting keeps ``P_j − E_j`` in ``[0, 1]``.  The last
-    heavy keeps its cell (its remainder is 0 up to rounding).
-
-    Returns ``prob`` (float64) and ``alias`` (int32 cell index), shape of ``q``.
-    """
-    n, W = q.shape
-    heavy = q >= 1.0
-    heavy[np.arange(n), np.argmax(q, axis=1)] = True
-    dev = q - 1.0  # excess of a heavy, minus the deficit of a light
-    eend = np.cumsum(np.where(heavy, dev, 0.0), axis=1)
-    dend = np.cumsum(np.where(heavy, 0.0, -dev), axis=1)
-    key = np.zeros_like(dend)
-    key[:, 1:] = dend[:, :-1]  # a light's start is exactly the previous light's end
-    np.copyto(key, eend, where=heavy)
-    order = np.argsort(key, axis=1, kind="stable")
-    skey = np.take_along_axis(key, order, axis=1)
-    sh = np.take_along_axis(heavy, order, axis=1)
-    # after each sorted position: the next heavy cell and the next light start
-    nxt_h = np.empty((n, W + 1), dtype=np.intp)
-    nxt_h[:, -1] = W  # none
-    nxt_h[:, :-1] = np.where(sh, order, W)
-    nxt_h = np.minimum.accumulate(nxt_h[:, ::-1], axis=1)[:, ::-1]
-    nxt_d = np.empty((n, W + 1))
-    nxt_d[:, -1] = dend[:, -1]  # none: the total deficit
-    nxt_d[:, :-1] = np.where(sh, np.inf, skey)
-    nxt_d = np.minimum.accumulate(nxt_d[:, ::-1], axis=1)[:, ::-1]
-    last_h = W - 1 - np.argmax(heavy[:, ::-1], axis=1)
-    ah = nxt_h[:, 1:]  # the next heavy strictly after each position
-    sp = np.where(sh, 1.0 - (nxt_d[:, 1:] - skey), np.take_along_axis(q, order, axis=1))
-    sa = np.where(ah == W, last_h[:, None], ah)
-    lastpos = sh & (ah == W)  # the last heavy keeps everything
-    np.copyto(sp, 1.0, where=lastpos)
-    np.copyto(sa, order, where=lastpos)
-    prob = np.empty((n, W))
-    alias = np.empty((n, W), dtype=np.int32)
-    np.put_along_axis(prob, order, np.clip(sp, 0.0, 1.0), axis=1)
-    np.put_along_axis(alias, order, sa, axis=1)
-    return prob, alias
 
 def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
                  rows: np.ndarray, split: _Split | None = None, drawn: RowDraws | None = None,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from ganx_dask import alias, sampling
 from ganx_dask import per_channel as pc
-from ganx_dask import sampling
 
 #: Poisson means of the tests: just above TABLE_SPLIT_MEAN and SPLIT_MEAN up to the tens of
 #: thousands.
@@ -37,7 +37,7 @@ def test_alias_sweep_reproduces_the_weights():
         q[:, ::5] = 0.0
         q[q.sum(1) == 0, 0] = 1.0
         q *= W / q.sum(axis=1, keepdims=True)
-        p, a = pc._alias_sweep(q)
+        p, a = alias.alias_sweep(q)
         assert p.min() >= 0 and p.max() <= 1 and a.min() >= 0 and a.max() < W
         got = np.array([p[i] + np.bincount(a[i], weights=1 - p[i], minlength=W)
                         for i in range(q.shape[0])])
