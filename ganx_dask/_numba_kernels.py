@@ -11,7 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["alias_count", "alias_count_k", "psf_sources", "pileup_correct"]
+__all__ = ["alias_count", "alias_count_k", "psf_sources", "pileup_correct", "table_values",
+           "place_big", "remove_at"]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -204,3 +205,106 @@ def pileup_correct(
                 s = np.searchsorted(edges, esum + tol, side="right") - 1
             if s < E:
                 out[r, c, s] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def table_values(
+    x: np.ndarray, W: np.ndarray, off: np.ndarray, lo1: np.ndarray, prob: np.ndarray,
+    alias: np.ndarray, out: np.ndarray,
+) -> int:
+    """Variates of the Poisson tables of one row (``per_channel.PoissonTables.draw_row``), fused.
+
+    Parameters
+    ----------
+    x : ndarray (n_big, n_pix) float64
+        One uniform per variate, channel-major (the order numpy drew them).
+    W, off, lo1 : ndarray (n_big, 1)
+        Per channel: table width (float64), first cell (intp) and ``lo − 1`` (int64).
+    prob, alias : ndarray
+        The tables laid end to end: thresholds and alias cell (relative to the table).
+    out : ndarray (n_big, n_pix) int64
+        ``lo − 1 + cell``: the value drawn, or ``lo − 1`` for the escape cell 0 (the caller
+        redraws those from the tails).
+
+    Returns
+    -------
+    int
+        Number of escapes.
+    """
+    n_esc = 0
+    for i in range(x.shape[0]):
+        w = W[i, 0]
+        o = off[i, 0]
+        base = lo1[i, 0]
+        for p in range(x.shape[1]):
+            y = x[i, p] * w
+            j = np.intp(y)
+            f = y - j
+            a = o + j
+            c = np.intp(alias[a]) if f >= prob[a] else j
+            if c == 0:
+                n_esc += 1
+            out[i, p] = base + c
+    return n_esc
+
+
+@numba.njit(cache=True, nogil=True)
+def place_big(values: np.ndarray, first: int, pix: np.ndarray, big: np.ndarray,
+              out: np.ndarray) -> None:
+    """``out[pix[q], big[i]] = values[i, first + q]``: table variates into a batch of pixels.
+
+    Parameters
+    ----------
+    values : ndarray (n_big, n_pix_row) int64
+        Variates of one row of ``dist`` (``table_values``), channel-major.
+    first : int
+        Rank of the batch's first pixel of that row among the row's pixels.
+    pix : ndarray (n,) intp
+        Batch pixels of that row (consecutive ranks).
+    big : ndarray (n_big,) intp
+        Their channels.
+    out : ndarray (B, E) int64
+    """
+    n = pix.shape[0]
+    for q0 in range(0, n, 16):  # blocks of 16 pixels: contiguous reads, 16 write streams
+        q1 = min(n, q0 + 16)
+        for i in range(big.shape[0]):
+            e = big[i]
+            for q in range(q0, q1):
+                out[pix[q], e] = values[i, first + q]
+
+
+@numba.njit(cache=True, nogil=True)
+def remove_at(c: np.ndarray, sel: np.ndarray, base: np.ndarray, chosen: np.ndarray) -> None:
+    """Remove the photons at sorted positions ``chosen`` (``per_channel._remove_photons``).
+
+    Pixel ``sel[r]`` holds the positions ``[base[r], base[r] + T_r)``, its photons ordered by
+    channel; one pass over its channels maps positions to channels (the ``searchsorted`` of
+    the cumulative counts) and subtracts them.
+
+    Parameters
+    ----------
+    c : ndarray (B, E) int64
+        Counts, in place.
+    sel : ndarray (n,) intp
+        Pixels losing photons, ascending.
+    base : ndarray (n,) int64
+        First position of each, ascending.
+    chosen : ndarray (m,) int64
+        Distinct positions, ascending.
+    """
+    m = chosen.shape[0]
+    i = 0
+    for r in range(sel.shape[0]):
+        row = c[sel[r]]
+        cum = base[r]
+        for e in range(row.shape[0]):
+            if i == m:
+                return
+            nxt = cum + row[e]
+            k = 0
+            while i < m and chosen[i] < nxt:
+                k += 1
+                i += 1
+            row[e] -= k
+            cum = nxt

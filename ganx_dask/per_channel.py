@@ -73,8 +73,10 @@ others one variate each unless the tables drew them; with blur or pile-up one Po
 channel of each pixel, pixels in order); (``fixed``) one
 uniform per added photon, pixels in order (with blur first one per added photon for its
 cluster, then one each for its channel); then the removals (one uniform per candidate position,
-rounds until every pixel has its distinct positions).  All of it is numpy, so the numpy
-and numba engines give the same bits.
+rounds until every pixel has its distinct positions).  Every uniform is drawn by numpy; the
+numba engine only fuses what is done with them (table lookups and their placement, the alias
+draws and counts of photons: :mod:`ganx_dask._numba_kernels`, the same float64 operations), so
+the numpy and numba engines give the same bits.
 """
 
 from __future__ import annotations
@@ -162,6 +164,24 @@ class _AliasDraw:
         j -= off
         return j
 
+    def count(self, rng: np.random.Generator, rows: np.ndarray, k: np.ndarray, c: np.ndarray,
+              nk) -> None:
+        """Add ``k[i] ≥ 0`` photons of law ``rows[i]`` to ``c[i]`` (int64, in place) with the
+        numba kernel: the uniforms and channels of ``__call__`` (pixels in order)."""
+        u = rng.random(int(k.sum()))
+        nk.alias_count(u, np.ascontiguousarray(rows, dtype=np.int64)[None],
+                       np.ascontiguousarray(k, dtype=np.int64)[None], self.ptab, self.atab,
+                       c[None])
+
+
+def _kernels(engine: str):
+    """The numba kernels for ``engine="numba"``, else ``None`` (numpy)."""
+    if engine == "numba":
+        from . import _numba_kernels
+
+        return _numba_kernels
+    return None
+
 
 class _MixtureDraw:
     """Draws photons from mixtures ``Σ_k W[row, k]·d_k`` of alias-table rows: the component by
@@ -178,11 +198,15 @@ class _MixtureDraw:
         return self.inner(rng, np.minimum(comp, self.cum.shape[1] - 1))
 
 
-def _add_photons(rng, c, k, rows, draw, pending=()) -> None:
+def _add_photons(rng, c, k, rows, draw, pending=(), nk=None) -> None:
     """Add ``k[i]`` photons of law ``rows[i]`` (``draw``) to ``c[i]``, in place, pixels in order.
 
     ``pending``: flat indices (``pixel·E + channel``) of photons drawn earlier but not yet
-    counted; counted in the same pass (one ``bincount`` over the batch instead of two)."""
+    counted; counted in the same pass (one ``bincount`` over the batch instead of two).
+    ``nk``: the numba kernels (same uniforms, same counts; plain alias draws only)."""
+    if nk is not None and type(draw) is _AliasDraw and not pending:
+        draw.count(rng, rows, np.maximum(k, 0), c, nk)
+        return
     chs = list(pending)
     pix = np.flatnonzero(k > 0)
     if pix.size:
@@ -195,21 +219,20 @@ def _add_photons(rng, c, k, rows, draw, pending=()) -> None:
         c += np.bincount(ch, minlength=c.size).reshape(c.shape)  # ≈ 10× faster than np.add.at
 
 
-def _remove_photons(rng, c, k) -> None:
+def _remove_photons(rng, c, k, T=None, nk=None) -> None:
     """Remove ``k[i]`` of the photons of ``c[i]`` uniformly without replacement (in place).
 
     Positions ``floor(u·T)`` among the pixel's ``T`` photons are drawn in rounds until each
     pixel has ``k`` distinct ones; the law of the final set is invariant under permutations of
     the photons, so it is a uniform ``k``-subset.  Positions map to channels by the cumulative
-    counts (photons of a pixel ordered by channel).
+    counts (photons of a pixel ordered by channel).  ``T``: the pixels' totals when known;
+    ``nk``: the numba kernels (the same mapping, one pass per pixel).
     """
     sel = np.flatnonzero(k > 0)
     if not sel.size:
         return
     E = c.shape[1]
-    sub = c[sel]
-    cs = np.cumsum(sub.ravel())
-    T = sub.sum(axis=1)
+    T = c[sel].sum(axis=1) if T is None else T[sel]
     base = np.concatenate(([0], np.cumsum(T)[:-1]))
     need = k[sel]
     chosen = np.empty(0, dtype=np.int64)
@@ -225,6 +248,10 @@ def _remove_photons(rng, c, k) -> None:
         chosen = chosen[np.concatenate(([True], chosen[1:] != chosen[:-1]))]
         have = np.bincount(np.searchsorted(base, chosen, side="right") - 1, minlength=sel.size)
         todo = need - have
+    if nk is not None:
+        nk.remove_at(c, sel, base, chosen)
+        return
+    cs = np.cumsum(c[sel].ravel())
     cell = np.searchsorted(cs, chosen, side="right")
     row, ch = np.divmod(cell, E)
     np.subtract.at(c.reshape(-1), sel[row] * E + ch, 1)
@@ -375,34 +402,41 @@ class PoissonTables:
             got = self._tails[t] = (k.astype(np.int64), cdf / cdf[-1])
         return got
 
-    def draw_rows(self, rng: np.random.Generator, rows: np.ndarray) -> RowDraws:
+    def draw_rows(self, rng: np.random.Generator, rows: np.ndarray, nk=None) -> RowDraws:
         """The ``big`` channels of pixels of rows ``rows`` of ``dist``: row by row in
-        ascending order, :meth:`draw_row` for all the pixels of the row."""
+        ascending order, :meth:`draw_row` for all the pixels of the row (``nk``: the numba
+        kernels, same bits)."""
         rank = np.empty(rows.size, dtype=np.intp)
         values = {}
         for u in np.unique(rows):
             pix = np.flatnonzero(rows == u)
             rank[pix] = np.arange(pix.size)
             if self.rows[u][0].size:
-                values[int(u)] = self.draw_row(rng, int(u), pix.size)
+                values[int(u)] = self.draw_row(rng, int(u), pix.size, nk)
         return RowDraws(values, rank)
 
-    def draw_row(self, rng: np.random.Generator, u: int, n_pix: int) -> np.ndarray:
+    def draw_row(self, rng: np.random.Generator, u: int, n_pix: int, nk=None) -> np.ndarray:
         """Variates of the ``big`` channels of row ``u`` for ``n_pix`` pixels, ``(n_big,
         n_pix)`` int64; stream: ``n_big·n_pix`` uniforms channel by channel (pixels in order
         within a channel), then one per escape in the same order."""
         big, W, off, lo1, t0 = self.rows[u]
         x = rng.random((big.size, n_pix))
-        x *= W
-        j = x.astype(np.intp)
-        x -= j  # the coin
-        j += off
-        a = np.take(self.alias, j)
-        swap = x >= np.take(self.prob, j)
-        j -= off
-        np.copyto(j, a, where=swap, casting="unsafe")
-        esc = np.flatnonzero(j == 0)
-        j += lo1
+        if nk is not None:  # the same float64 steps, fused
+            j = np.empty(x.shape, dtype=np.intp)
+            n_esc = nk.table_values(x, W, off, lo1, self.prob, self.alias, j)
+        else:
+            x *= W
+            j = x.astype(np.intp)
+            x -= j  # the coin
+            j += off
+            a = np.take(self.alias, j)
+            swap = x >= np.take(self.prob, j)
+            j -= off
+            np.copyto(j, a, where=swap, casting="unsafe")
+            j += lo1
+            n_esc = 1
+        # the escape cell 0 is the value lo − 1, outside the support
+        esc = np.flatnonzero(j == lo1) if n_esc else np.empty(0, dtype=np.intp)
         if esc.size:
             tab = t0 + esc // n_pix
             v = rng.random(esc.size)
@@ -439,7 +473,8 @@ def _table_width(mu: np.ndarray, sigmas: float) -> np.ndarray:
 
 def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
                  rows: np.ndarray, split: _Split | None = None, drawn: RowDraws | None = None,
-                 first: int = 0, pending: list | None = None) -> np.ndarray:
+                 first: int = 0, pending: list | None = None, engine: str = "numpy"
+                 ) -> np.ndarray:
     """Independent ``Poisson(lam[i]·dist[rows[i], e])`` counts for every channel ``e``, exactly.
 
     Parameters
@@ -459,7 +494,10 @@ def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
         batch pixel ``i`` is the tile's pixel ``first + i``); drawn here when missing.
     pending : list, optional
         When given, the photon-drawn channels are not counted into the result: their flat
-        indices and photons per pixel are appended as ``(ch, n_small)`` for the caller.
+        indices and photons per pixel are appended as ``(ch, n_small)`` for the caller
+        (numpy engine only; the numba engine counts them at once).
+    engine : {"numpy", "numba"}
+        Kernels of the table draws, their placement and the photons (same bits).
 
     Returns
     -------
@@ -478,22 +516,26 @@ def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
     """
     if split is None:
         return rng.poisson(lam[:, None] * dist[rows])
+    nk = _kernels(engine)
     B, E = rows.size, dist.shape[1]
     c = np.zeros((B, E), dtype=np.int64)
     if split.tables is not None and drawn is None:
-        drawn, first = split.tables.draw_rows(rng, rows), 0
+        drawn, first = split.tables.draw_rows(rng, rows, nk), 0
     flat = c.reshape(-1)  # flat indices: 2× faster than c[pix[:, None], big] = …
     for u in np.unique(rows):  # rows in ascending order, their pixels in order
         big = split.big[u]
         if big.size:
             pix = np.flatnonzero(rows == u)
-            at = pix[:, None] * E + big
-            if drawn is not None:
-                flat[at] = drawn.take(u, first + pix)
+            if drawn is not None and nk is not None:
+                nk.place_big(drawn.values[u], int(drawn.rank[first + pix[0]]), pix, big, c)
+            elif drawn is not None:
+                flat[pix[:, None] * E + big] = drawn.take(u, first + pix)
             else:
-                flat[at] = rng.poisson(lam[pix, None] * dist[u, big])
+                flat[pix[:, None] * E + big] = rng.poisson(lam[pix, None] * dist[u, big])
     n_small = rng.poisson(lam * split.small[rows])
-    if n_small.any():
+    if nk is not None:
+        split.draw.count(rng, rows, n_small, c, nk)
+    elif n_small.any():
         ch = split.draw(rng, np.repeat(rows, n_small))
         ch += np.repeat(np.arange(B, dtype=np.intp) * E, n_small)
         if pending is not None:  # the caller counts them
@@ -505,7 +547,8 @@ def poisson_rows(rng: np.random.Generator, lam: np.ndarray, dist: np.ndarray,
 
 def multinomial_rows(rng: np.random.Generator, n: np.ndarray, dist: np.ndarray,
                      rows: np.ndarray, draw=None, split: _Split | None = None,
-                     drawn: RowDraws | None = None, first: int = 0) -> np.ndarray:
+                     drawn: RowDraws | None = None, first: int = 0, engine: str = "numpy"
+                     ) -> np.ndarray:
     """Exact ``Multinomial(n[i], dist[rows[i]])`` for a batch of pixels, drawn per channel.
 
     Parameters
@@ -522,6 +565,8 @@ def multinomial_rows(rng: np.random.Generator, n: np.ndarray, dist: np.ndarray,
         alias tables of ``dist``).
     split, drawn, first : optional
         How the first, Poisson step is drawn (:func:`poisson_rows`).
+    engine : {"numpy", "numba"}
+        Kernels (same bits; the blur's mixture draws stay numpy).
 
     Returns
     -------
@@ -541,13 +586,15 @@ def multinomial_rows(rng: np.random.Generator, n: np.ndarray, dist: np.ndarray,
     rows = np.asarray(rows, dtype=np.intp)
     lam = np.maximum(n - AIM * np.sqrt(n), 0.0)
     pending: list = []
-    c = poisson_rows(rng, lam, dist, rows, split, drawn, first, pending)
+    nk = _kernels(engine)
+    c = poisson_rows(rng, lam, dist, rows, split, drawn, first,
+                     None if nk is not None else pending, engine)
     T = c.sum(axis=1)
     for _, n_small in pending:
         T += n_small
     _add_photons(rng, c, n - T, rows, _AliasDraw.of(dist) if draw is None else draw,
-                 [ch for ch, _ in pending])
-    _remove_photons(rng, c, T - n)
+                 [ch for ch, _ in pending], nk)
+    _remove_photons(rng, c, T - n, T, nk)
     return c
 
 
@@ -555,6 +602,7 @@ def sample_tile(
     labels: np.ndarray, spectra: np.ndarray, rng: np.random.Generator, *, counts: float,
     count_model: str, means: np.ndarray | None = None, true: np.ndarray | None = None,
     out: np.ndarray, effects=None, tables: tuple[np.ndarray, np.ndarray] | None = None,
+    engine: str = "numpy",
 ) -> np.ndarray:
     """Draw one tile per channel (the high-count path of :func:`ganx_dask.sampling.sample_tile`).
 
@@ -583,6 +631,9 @@ def sample_tile(
         with both is not supported here (the per-photon path draws it).
     tables : (ptab, atab), optional
         :func:`~ganx_dask.alias.padded_tables` of ``spectra`` (built when missing).
+    engine : {"numpy", "numba"}
+        Kernels of the table draws and the photons (bit-identical; the numba kernels consume
+        the uniforms numpy drew, as the per-photon path does).
 
     Returns
     -------
@@ -645,8 +696,8 @@ def sample_tile(
         shared = TABLES and not pileup and (fixed or shared_mean)
         split = _Split.of(dist, lam_ref, shared)
     # the table draws of the whole tile first: each table is read for all its pixels in a row
-    drawn = split.tables.draw_rows(rng, rows) if split is not None and split.tables is not None \
-        else None
+    drawn = split.tables.draw_rows(rng, rows, _kernels(engine)) \
+        if split is not None and split.tables is not None else None
     ys, xs = np.divmod(vidx, w)
     B = max(1, _BATCH_VOXELS // E)
     top = np.iinfo(out.dtype).max
@@ -658,12 +709,12 @@ def sample_tile(
             n = np.full(nb, n_fixed, dtype=np.int64)
             if pileup:
                 n -= rng.binomial(n_fixed - 1, p, size=nb)
-            c = multinomial_rows(rng, n, dist, r, draw, split, drawn, b0)[:, :E]
+            c = multinomial_rows(rng, n, dist, r, draw, split, drawn, b0, engine)[:, :E]
         elif pileup:
             lam = np.einsum("bk,bke->be", chain_w[sl], order[r])
             c = rng.poisson(lam)
         else:
-            c = poisson_rows(rng, means[sl], dist, r, split, drawn, b0)
+            c = poisson_rows(rng, means[sl], dist, r, split, drawn, b0, engine=engine)
         if c.size and c.max() > top:
             raise OverflowError(
                 f"a channel drew {int(c.max())} counts, more than {out.dtype.name} holds; "

@@ -732,7 +732,8 @@ def sample_block(
                     spectra = alias_distributions(prob, alias)
                 _pc.sample_tile(lab_t, spectra, _pc.channel_rng(seed, ty, tx), counts=counts,
                                 count_model=count_model, true=pc[0], means=pc[1],
-                                out=out[r0:r1, c0:c1], effects=fx, tables=tables)
+                                out=out[r0:r1, c0:c1], effects=fx, tables=tables,
+                                engine=_resolve_engine(engine))
                 continue
             sample_tile(
                 labels[r0:r1, c0:c1], prob, alias, rng, counts=counts, count_model=count_model,
