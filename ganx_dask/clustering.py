@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import ConfigError, ImageError
+from .scheduling import compute
 
 __all__ = ["ClusterModel", "subsample_pixels", "fit_iterative_kmeans", "predict_labels",
            "nearest_centroid", "colour_bins", "distance_matrix"]
@@ -157,8 +158,11 @@ def subsample_pixels(
         raise ConfigError(f"fit_samples must be >= 1 pixel, got {n}")
     data = image.transpose("y", "x", "channel").data
     if total <= n:  # every pixel, in row-major order: no gather
-        pix = np.asarray(data).reshape(-1, 3) if mask is None else np.asarray(data)[
-            np.asarray(mask.transpose("y", "x").values, dtype=bool)]
+        if mask is None:
+            pix = np.asarray(compute(data)[0]).reshape(-1, 3)
+        else:
+            d, m = compute(data, mask.transpose("y", "x").data)
+            pix = np.asarray(d)[np.asarray(m, dtype=bool)]
         return np.ascontiguousarray(pix, dtype=np.uint8).reshape(-1, 3)
     flat = np.sort(_rng(seed, _KEY_SUBSAMPLE).choice(total, size=int(n), replace=False))
     yy, xx = np.divmod(flat, nx)
@@ -167,10 +171,10 @@ def subsample_pixels(
         if mask is not None:
             m = mask.transpose("y", "x").data
             m = m.vindex[yy, xx] if isinstance(m, da.Array) else np.asarray(m)[yy, xx]
-            pix, m = da.compute(pix, m)
+            pix, m = compute(pix, m)
             pix = np.asarray(pix)[np.asarray(m, dtype=bool)]
         else:
-            pix = np.asarray(pix.compute())
+            pix = np.asarray(compute(pix)[0])
     else:
         pix = np.asarray(data)[yy, xx]
         if mask is not None:

@@ -35,6 +35,7 @@ from .io import file_sha256, read_image
 from .matching import _check_params as _check_match_params
 from .matching import canonical_mode, cluster_distributions
 from .sampling import check_count_model, counts_dtype, sample_cube
+from .scheduling import compute
 from .seeding import check_seed
 
 #: Version of the cube a given seed and inputs produce (attribute ``format_version``).  1:
@@ -198,7 +199,7 @@ def _luminosity_scale(luminosity, img: xr.DataArray,
         raise ConfigError(f"{where} has shape {m.shape}, the image is {(ny, nx)} (y, x)")
     if m.dtype.kind not in "biuf":
         raise ConfigError(f"{where} must be numeric, got dtype {m.dtype}")
-    lo, hi = (da.compute(da.min(m), da.max(m)) if isinstance(m, da.Array)
+    lo, hi = (compute(da.min(m), da.max(m)) if isinstance(m, da.Array)
               else (np.min(m), np.max(m)))
     if not (np.isfinite(lo) and np.isfinite(hi)) or lo < 0:
         raise ConfigError(f"{where}: values must be finite and non-negative")

@@ -41,6 +41,7 @@ import xarray as xr
 
 from .attrs import RGB8, pixel_coord_attrs
 from .errors import ImageError
+from .scheduling import compute
 
 __all__ = ["read_image", "file_sha256", "group_name", "IMAGE_SUFFIXES", "TIFF_SUFFIXES"]
 
@@ -280,7 +281,7 @@ def _to_uint8(d: da.Array, where: str) -> da.Array:
     if dt == np.bool_:
         return d.astype(np.uint8) * np.uint8(255)
     if dt.kind == "f":
-        lo, hi = da.compute(da.min(d), da.max(d))
+        lo, hi = compute(da.min(d), da.max(d))
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ImageError(f"{where}: float image contains NaN or infinite values")
         if lo < 0 or hi > 1:
@@ -289,7 +290,7 @@ def _to_uint8(d: da.Array, where: str) -> da.Array:
             )
         return d.map_blocks(lambda b: np.rint(b * 255.0).astype(np.uint8), dtype=np.uint8)
     if dt.kind in "iu":
-        lo, hi = da.compute(da.min(d), da.max(d))
+        lo, hi = compute(da.min(d), da.max(d))
         if lo < 0 or hi > 255:
             raise ImageError(
                 f"{where}: integer image of dtype {dt} must hold 8-bit values 0-255, "

@@ -48,6 +48,7 @@ from .errors import ConfigError
 from .pipelines.config import Option, load_yaml, validate
 
 __all__ = [
+    "compute",
     "scheduler_context",
     "LOCAL_SCHEDULERS",
     "KINDS",
@@ -62,6 +63,26 @@ __all__ = [
     "check_worker_settings",
     "worker_config",
 ]
+
+def compute(*collections, **kwargs) -> tuple:
+    """:func:`dask.compute` of dask arrays, without importing ``distributed`` needlessly.
+
+    dask's scheduler lookup imports ``distributed`` to look for a client (≈ 0.4–0.5 s, paid
+    inside a process's first computation).  No client can exist before ``distributed`` was
+    imported, so until then the configured local scheduler (``dask.config`` ``scheduler``,
+    default the threaded one) is passed explicitly: the same scheduler dask would choose.
+    """
+    if "scheduler" not in kwargs and "distributed" not in sys.modules:
+        from dask.base import named_schedulers
+        from dask.threaded import get as threaded_get
+
+        name = dask.config.get("scheduler", None)
+        if name is None:
+            kwargs["scheduler"] = threaded_get
+        elif isinstance(name, str) and name.lower() in named_schedulers:
+            kwargs["scheduler"] = named_schedulers[name.lower()]
+    return dask.compute(*collections, **kwargs)
+
 
 #: dask config key of the nanny's malloc-trim environment variable.
 MALLOC_TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"

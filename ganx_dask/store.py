@@ -56,6 +56,7 @@ from zarr.codecs import BloscCodec
 
 from .attrs import decode, encode, encode_dataset, plain
 from .errors import GanxError, IncompleteStoreWarning, StoreExistsError
+from .scheduling import compute
 from .storage import Location, location, remote_error, with_storage_errors
 
 __all__ = [
@@ -251,7 +252,8 @@ def _write_template(ds: xr.Dataset, path: Location, group, region, codec, fp: st
                       zarr_format=3)
     small = ds.drop_vars(CUBE)
     small.attrs = attrs
-    small.to_zarr(path.zarr_store(), group=group, mode="a", zarr_format=3, consolidated=False)
+    compute(small.to_zarr(path.zarr_store(), group=group, mode="a", zarr_format=3,
+                          consolidated=False, compute=False))
     counts = ds[CUBE]
     enc = cube_encoding(region, counts.shape[2], codec)
     if set(ds.coords) <= set(ds.dims) and not counts.encoding:
@@ -335,8 +337,8 @@ def _compute(tasks: list, progress: bool) -> list:
         from dask.diagnostics import ProgressBar
 
         with ProgressBar():
-            return list(dask.compute(*tasks))
-    return list(dask.compute(*tasks))
+            return list(compute(*tasks))
+    return list(compute(*tasks))
 
 
 def _consolidate(path: Location, group) -> None:

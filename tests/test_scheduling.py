@@ -101,3 +101,31 @@ def test_real_scheduler_and_worker_processes(tmp_path):
             with scheduler_context(pc.address, timeout=10) as client:
                 values = client.run(worker_malloc_trim)
         assert sorted(values.values(), key=str) == sorted([None, None, None, "65536"], key=str)
+
+
+def test_local_runs_do_not_import_distributed(tmp_path):
+    """A local generate + write never imports ``distributed`` (dask's scheduler lookup would,
+    ≈ 0.5 s): ``scheduling.compute`` passes the configured local scheduler itself."""
+    from PIL import Image
+
+    img = tmp_path / "img.png"
+    Image.new("RGB", (24, 16), (200, 30, 30)).save(img)
+    code = f"""
+import sys, threading, dask, dask.array as da
+from ganx_dask import generate, store
+from ganx_dask.scheduling import compute
+ds = generate({str(img)!r}, seed=1, energy="1:20:32", counts=50, chunks=64)
+store.to_zarr(ds, {str(tmp_path / 'out.zarr')!r})
+seen = []
+x = da.ones(8, chunks=4).map_blocks(lambda b: seen.append(threading.current_thread()) or b)
+with dask.config.set(scheduler="synchronous"):
+    compute(x)
+assert set(seen) == {{threading.main_thread()}}, seen
+assert "distributed" not in sys.modules
+print("ok")
+"""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=clean_environ(), timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
