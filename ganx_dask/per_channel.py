@@ -139,6 +139,15 @@ def use_per_channel(mean_photons: float, n_channels: int) -> bool:
     return float(mean_photons) >= max(PHOTONS_PER_CHANNEL * int(n_channels), MIN_PHOTONS)
 
 
+def _kernels(engine: str):
+    """The numba kernels for ``engine="numba"``, else ``None`` (numpy)."""
+    if engine == "numba":
+        from . import _numba_kernels
+
+        return _numba_kernels
+    return None
+
+
 class _AliasDraw:
     """Draws photons from rows of alias tables (one uniform each): ``draw(rng, rows)``."""
 
@@ -172,15 +181,6 @@ class _AliasDraw:
         nk.alias_count(u, np.ascontiguousarray(rows, dtype=np.int64)[None],
                        np.ascontiguousarray(k, dtype=np.int64)[None], self.ptab, self.atab,
                        c[None])
-
-
-def _kernels(engine: str):
-    """The numba kernels for ``engine="numba"``, else ``None`` (numpy)."""
-    if engine == "numba":
-        from . import _numba_kernels
-
-        return _numba_kernels
-    return None
 
 
 class _MixtureDraw:
@@ -423,7 +423,7 @@ class PoissonTables:
         x = rng.random((big.size, n_pix))
         if nk is not None:  # the same float64 steps, fused
             j = np.empty(x.shape, dtype=np.intp)
-            n_esc = nk.table_values(x, W, off, lo1, self.prob, self.alias, j)
+            scan = nk.table_values(x, W, off, lo1, self.prob, self.alias, j) > 0
         else:
             x *= W
             j = x.astype(np.intp)
@@ -434,9 +434,9 @@ class PoissonTables:
             j -= off
             np.copyto(j, a, where=swap, casting="unsafe")
             j += lo1
-            n_esc = 1
+            scan = True  # escapes not counted: look for them
         # the escape cell 0 is the value lo − 1, outside the support
-        esc = np.flatnonzero(j == lo1) if n_esc else np.empty(0, dtype=np.intp)
+        esc = np.flatnonzero(j == lo1) if scan else np.empty(0, dtype=np.intp)
         if esc.size:
             tab = t0 + esc // n_pix
             v = rng.random(esc.size)

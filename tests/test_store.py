@@ -202,6 +202,20 @@ def test_killed_while_writing_the_template_resumes(reference, tmp_path, monkeypa
     assert (_tree_hashes(path / "img", True) == _tree_hashes(ref / "img", True))
 
 
+@pytest.mark.parametrize("group", [None, "set/img"])
+def test_template_built_in_memory_writes_the_same_bytes(tmp_path, monkeypatch, group):
+    """Small templates are written into memory and copied in one batch: the bytes (and the
+    keys) of a direct write, at the root and in a nested group."""
+    with dask.config.set(scheduler="synchronous"):
+        store.to_zarr(_dataset(), tmp_path / "mem.zarr", group=group)
+        monkeypatch.setattr(store, "_MEM_TEMPLATE_BYTES", 0)  # every template written directly
+        store.to_zarr(_dataset(), tmp_path / "direct.zarr", group=group)
+    sub = group or "."
+    mem, direct = _tree_hashes(tmp_path / "mem.zarr" / sub), _tree_hashes(
+        tmp_path / "direct.zarr" / sub)
+    assert len(mem) > 20 and mem == direct
+
+
 def test_lost_records_are_recomputed_identically(reference, tmp_path):
     import shutil
 
