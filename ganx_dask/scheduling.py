@@ -64,8 +64,10 @@ __all__ = [
     "worker_config",
 ]
 
+
 def compute(*collections, **kwargs) -> tuple:
-    """:func:`dask.compute` of dask arrays, without importing ``distributed`` needlessly.
+    """:func:`dask.compute` (of arrays and delayed objects) without importing ``distributed``
+    needlessly.
 
     dask's scheduler lookup imports ``distributed`` to look for a client (≈ 0.4–0.5 s, paid
     inside a process's first computation).  No client can exist before ``distributed`` was
