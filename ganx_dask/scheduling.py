@@ -71,14 +71,15 @@ def compute(*collections, **kwargs) -> tuple:
 
     dask's scheduler lookup imports ``distributed`` to look for a client (≈ 0.4–0.5 s, paid
     inside a process's first computation).  No client can exist before ``distributed`` was
-    imported, so until then the configured local scheduler (``dask.config`` ``scheduler``,
-    default the threaded one) is passed explicitly: the same scheduler dask would choose.
+    imported, so until then the local scheduler asked for (``scheduler=`` by name, else
+    ``dask.config`` ``scheduler``, default the threaded one) is passed as its function: the
+    same scheduler dask would choose.
     """
-    if "scheduler" not in kwargs and "distributed" not in sys.modules:
+    if "distributed" not in sys.modules:
         from dask.base import named_schedulers
         from dask.threaded import get as threaded_get
 
-        name = dask.config.get("scheduler", None)
+        name = kwargs.get("scheduler", dask.config.get("scheduler", None))
         if name is None:
             kwargs["scheduler"] = threaded_get
         elif isinstance(name, str) and name.lower() in named_schedulers:
