@@ -48,6 +48,7 @@ from .errors import ConfigError
 from .pipelines.config import Option, load_yaml, validate
 
 __all__ = [
+    "active_client",
     "compute",
     "scheduler_context",
     "LOCAL_SCHEDULERS",
@@ -63,6 +64,23 @@ __all__ = [
     "check_worker_settings",
     "worker_config",
 ]
+
+
+def active_client():
+    """The ``distributed.Client`` that dask computations go to, or ``None`` (local scheduler).
+
+    Never imports ``distributed`` (≈ 0.5 s): a client exists only if it was imported already
+    (the same fact :func:`compute` relies on).
+    """
+    if (dask.config.get("scheduler", None) not in (None, "dask.distributed")
+            or "distributed" not in sys.modules):
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
 
 
 def compute(*collections, **kwargs) -> tuple:

@@ -42,7 +42,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -56,7 +55,7 @@ from zarr.codecs import BloscCodec
 
 from .attrs import decode, encode, encode_dataset, plain
 from .errors import GanxError, IncompleteStoreWarning, StoreExistsError
-from .scheduling import compute
+from .scheduling import active_client, compute
 from .storage import Location, location, remote_error, with_storage_errors
 
 __all__ = [
@@ -355,22 +354,6 @@ def _write_region(block: np.ndarray, path: str, group: str | None, ry: int, rx: 
     rec = zarr.open_array(store, path=prefix + record, mode="r+", zarr_format=3)
     rec[ry, rx] = True
     return int(block.nbytes)
-
-
-def active_client():
-    """The ``distributed.Client`` that dask computations go to, or ``None`` (local scheduler).
-
-    Never imports ``distributed`` (≈ 0.5 s): a client exists only if it was imported already.
-    """
-    if (dask.config.get("scheduler", None) not in (None, "dask.distributed")
-            or "distributed" not in sys.modules):
-        return None
-    from distributed import default_client
-
-    try:
-        return default_client()
-    except ValueError:
-        return None
 
 
 def _compute(tasks: list, progress: bool) -> list:

@@ -339,7 +339,7 @@ class _ProcessPool:
 
 def _pool(library):
     """The pool of the active scheduler, or ``None`` to run images one after another."""
-    from ..store import active_client
+    from ..scheduling import active_client
 
     client = active_client()
     if client is not None:
