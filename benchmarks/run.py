@@ -20,7 +20,11 @@ In one run it
    and prints the Markdown tables.
 
 Every case runs in its own subprocess (``case_ganx_dask.py``, ``case_ganx.py``), measured from
-outside by ``_measure.py``.  Images ≥ 2048² are written as tiled TIFF so that ganx-dask reads them
+outside by ``_measure.py``.  The ganx-dask cases run in ``benchmarks/.venv-ganx-dask``, an
+editable install of this checkout with its ``[fast]`` extra only — what a user installs —, so that
+the development and test extras (pint, cffi, …: libraries that xarray and numba probe and import
+on first use when present) do not weigh on them; ``--dev-env`` runs them in the current
+interpreter instead.  Images ≥ 2048² are written as tiled TIFF so that ganx-dask reads them
 chunk-wise; smaller ones as PNG (ganx reads them with Pillow).
 """
 
@@ -46,6 +50,9 @@ from _measure import run_measured  # noqa: E402
 
 GANX_VENV = HERE / ".venv-ganx"
 GANX_SPEC = "ganx==0.0.2"
+#: ganx-dask as a user installs it (editable, so it is this checkout): see the module docstring.
+USER_VENV = HERE / ".venv-ganx-dask"
+USER_SPEC = f"{ROOT}[fast]"
 PARAMS = {"counts": 400, "energy": "0.5:38.5:1024", "n_start": 10, "delta": 2, "patience": -1,
           "score_batch": 1024}
 GB = 1e9
@@ -64,27 +71,49 @@ def _venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+def ensure_venv(venv: Path, install: list[str], check: str, what: str,
+                refresh: bool = False) -> tuple[Path | None, str]:
+    """Python of ``venv`` with ``pip install <install>`` done (created if absent), or (None,
+    reason).  ``check``: Python code that must run in it; when it does, the install is skipped
+    unless ``refresh`` (pip then only brings the requirements up to the project's)."""
+    py = _venv_python(venv)
+    probe = [str(py), "-c", check]
+    fresh = not py.exists()
+    if not fresh and not refresh and subprocess.run(probe, capture_output=True).returncode == 0:
+        return py, "present"
+    log(f"installing {what} into {venv} ...")
+    try:
+        if fresh:
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
+                           capture_output=True, timeout=300)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *install], check=True,
+                       capture_output=True, timeout=1200)
+        subprocess.run(probe, check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        err = getattr(exc, "stderr", b"") or b""
+        reason = f"install of {what} failed: {exc}; {err.decode(errors='replace')[-500:]}"
+        log(f"SKIPPING {what}: {reason}")
+        return None, reason
+    return py, "installed" if fresh else "updated"
+
+
 def ensure_ganx(skip: bool) -> tuple[Path | None, str]:
     """Python of a venv with ganx 0.0.2 (created if absent), or (None, reason)."""
     if skip:
         return None, "skipped (--skip-ganx)"
-    py = _venv_python(GANX_VENV)
-    check = [str(py), "-c", "import ganx.XRF_generator_classes"]
-    if py.exists() and subprocess.run(check, capture_output=True).returncode == 0:
-        return py, "present"
-    log(f"installing {GANX_SPEC} into {GANX_VENV} ...")
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(GANX_VENV)], check=True,
-                       capture_output=True, timeout=300)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", GANX_SPEC], check=True,
-                       capture_output=True, timeout=1200)
-        subprocess.run(check, check=True, capture_output=True, timeout=120)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-        err = getattr(exc, "stderr", b"") or b""
-        reason = f"install of {GANX_SPEC} failed: {exc}; {err.decode(errors='replace')[-500:]}"
-        log(f"SKIPPING the ganx comparison: {reason}")
-        return None, reason
-    return py, "installed"
+    return ensure_venv(GANX_VENV, [GANX_SPEC], "import ganx.XRF_generator_classes", GANX_SPEC)
+
+
+def ensure_user_env(dev: bool) -> tuple[Path, str]:
+    """Python that runs the ganx-dask cases: the user-install venv (``pip install -e
+    .[fast]``, refreshed every run), else — ``--dev-env`` or a failed install — this one."""
+    if dev:
+        return Path(sys.executable), "development environment (--dev-env)"
+    py, status = ensure_venv(USER_VENV, ["-e", USER_SPEC], "import ganx_dask, numba",
+                             "ganx-dask[fast]", refresh=True)
+    if py is None:
+        return Path(sys.executable), f"development environment ({status})"
+    return py, f"user install, {USER_VENV.name} ({status})"
 
 
 def make_images(work: Path, sizes: list[int]) -> dict[int, Path]:
@@ -117,9 +146,13 @@ def export_ganx_db(work: Path) -> Path:
     return write_ganx_database(lib, work / "ganxdb", energy="0.5:38.5:2048", overwrite=True)
 
 
+#: Python of the ganx-dask cases (set by ``main`` from :func:`ensure_user_env`).
+PYTHON = Path(sys.executable)
+
+
 def _case_cmd(image: Path, store: Path, scheduler: str = "threads",
               writer: str = "store", warmup: int = 0, preload: tuple = ()) -> list[str]:
-    cmd = [sys.executable, str(HERE / "case_ganx_dask.py"), "--image", str(image), "--out",
+    cmd = [str(PYTHON), str(HERE / "case_ganx_dask.py"), "--image", str(image), "--out",
            str(store), "--scheduler", scheduler, "--writer", writer, "--warmup", str(warmup),
            "--preload", ",".join(preload)]
     for k, v in PARAMS.items():
@@ -161,23 +194,25 @@ def run_ganx(py: Path, db: Path, image: Path, warmup: int = 0) -> dict:
     return _summ(run_measured(cmd, env=env, cwd=str(db.parent)))
 
 
-def machine_info() -> dict:
-    import dask
-    import numpy
-    import xarray
-    import zarr
-
-    info = {
-        "python": platform.python_version(), "platform": platform.platform(),
-        "cpus": os.cpu_count(), "numpy": numpy.__version__, "dask": dask.__version__,
-        "xarray": xarray.__version__, "zarr": zarr.__version__,
-    }
+#: Versions that matter, printed as JSON by the Python that runs the ganx-dask cases.
+_VERSIONS = """
+import importlib.metadata as m, json, platform
+v = {}
+for d in ("numpy", "dask", "xarray", "zarr", "scikit-learn", "numba"):
     try:
-        import numba
+        v[d] = m.version(d)
+    except m.PackageNotFoundError:
+        v[d] = None
+print(json.dumps({"python": platform.python_version(), **v}))
+"""
 
-        info["numba"] = numba.__version__
-    except ImportError:
-        info["numba"] = None
+
+def machine_info(python: Path | None = None) -> dict:
+    """Machine, and the versions of the Python that runs the ganx-dask cases."""
+    py = str(python or sys.executable)
+    info = {"platform": platform.platform(), "cpus": os.cpu_count()}
+    info.update(json.loads(subprocess.run([py, "-c", _VERSIONS], capture_output=True,
+                                          text=True, check=True).stdout))
     try:
         info["git"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                                      capture_output=True, text=True).stdout.strip()
@@ -193,8 +228,10 @@ def _mb(b) -> str:
 def markdown(res: dict) -> str:
     lines = [f"# ganx-dask benchmark ({res['started']} UTC)", ""]
     m = res["machine"]
-    lines.append(f"{m['cpus']} CPUs, Python {m['python']}, numpy {m['numpy']}, dask {m['dask']}, "
-                 f"zarr {m['zarr']}, numba {m['numba']}; load average at start/end "
+    lines.append(f"{m['cpus']} CPUs; ganx-dask in the {res.get('ganx_dask_env', '?')}: Python "
+                 f"{m['python']}, numpy {m['numpy']}, dask {m['dask']}, xarray {m['xarray']}, "
+                 f"zarr {m['zarr']}, scikit-learn {m['scikit-learn']}, numba {m['numba']}; "
+                 "load average at start/end "
                  f"{res['load_start']} / {res['load_end']} (machine shared: noisy). "
                  f"Parameters: N=400, 1024 channels, N_start=10, δ=2, patience −1, score "
                  f"batch 1024, chunks 256², default scheduler (threads) unless stated.")
@@ -324,6 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="skip 8192² (and scale test at 1024²)")
     ap.add_argument("--skip-ganx", action="store_true", help="do not install/run ganx 0.0.2")
+    ap.add_argument("--dev-env", action="store_true",
+                    help="run ganx-dask in this interpreter, not in the user-install venv")
     ap.add_argument("--compare-sizes", type=int, nargs="*", default=[128, 256, 512])
     ap.add_argument("--large-sizes", type=int, nargs="*", default=None)
     ap.add_argument("--scale-size", type=int, default=None,
@@ -337,9 +376,12 @@ def main(argv: list[str] | None = None) -> dict:
     started = _dt.datetime.now(_dt.timezone.utc)
     res: dict = {"started": started.strftime("%Y-%m-%d %H:%M"), "quick": a.quick,
                  "load_start": [round(x, 2) for x in os.getloadavg()], "params": PARAMS,
-                 "machine": machine_info(), "compare": [], "large": []}
+                 "compare": [], "large": []}
     work = Path(tempfile.mkdtemp(prefix="ganx-bench-", dir=a.workdir))
     try:
+        global PYTHON
+        PYTHON, res["ganx_dask_env"] = ensure_user_env(a.dev_env)
+        res["machine"] = machine_info(PYTHON)
         py, status = ensure_ganx(a.skip_ganx)
         res["ganx_status"] = status
         images = make_images(work, sorted(set(a.compare_sizes + large + [scale_size])))
@@ -371,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
             res["large"].append({"size": n,
                                  "ganx_dask": run_ganx_dask(images[n], work / f"l{n}.zarr")})
         log("sampler vs ceilings ...")
-        r = run_measured([sys.executable, str(HERE / "bench_sampler.py")]
+        r = run_measured([str(PYTHON), str(HERE / "bench_sampler.py")]
                          + (["--quick"] if a.quick else []), env=dict(os.environ))
         res["sampler"] = r["result"]
         log(f"LocalCluster 1 vs 2 workers at {scale_size}² ...")
