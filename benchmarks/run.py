@@ -92,7 +92,7 @@ def ensure_venv(venv: Path, install: list[str], check: str, what: str,
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
         err = getattr(exc, "stderr", b"") or b""
         reason = f"install of {what} failed: {exc}; {err.decode(errors='replace')[-500:]}"
-        log(f"SKIPPING {what}: {reason}")
+        log(reason)
         return None, reason
     return py, "installed" if fresh else "updated"
 
@@ -101,7 +101,11 @@ def ensure_ganx(skip: bool) -> tuple[Path | None, str]:
     """Python of a venv with ganx 0.0.2 (created if absent), or (None, reason)."""
     if skip:
         return None, "skipped (--skip-ganx)"
-    return ensure_venv(GANX_VENV, [GANX_SPEC], "import ganx.XRF_generator_classes", GANX_SPEC)
+    py, status = ensure_venv(GANX_VENV, [GANX_SPEC], "import ganx.XRF_generator_classes",
+                             GANX_SPEC)
+    if py is None:
+        log("SKIPPING the ganx comparison")
+    return py, status
 
 
 def ensure_user_env(dev: bool) -> tuple[Path, str]:
@@ -112,7 +116,9 @@ def ensure_user_env(dev: bool) -> tuple[Path, str]:
     py, status = ensure_venv(USER_VENV, ["-e", USER_SPEC], "import ganx_dask, numba",
                              "ganx-dask[fast]", refresh=True)
     if py is None:
-        return Path(sys.executable), f"development environment ({status})"
+        log("running ganx-dask in the development environment instead")
+        return Path(sys.executable), "development environment (the user-install venv failed: " \
+            "see the log)"
     return py, f"user install, {USER_VENV.name} ({status})"
 
 
