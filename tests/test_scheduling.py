@@ -7,11 +7,12 @@ import time
 
 import dask
 import dask.array as da
+import numpy as np
 import pytest
 import yaml
 
 from ganx_dask.errors import ConfigError
-from ganx_dask.scheduling import cluster_from_config, scheduler_context, worker_malloc_trim
+from ganx_dask.scheduling import cluster_from_config, compute, scheduler_context, worker_malloc_trim
 
 from .dask_processes import ProcessCluster, clean_environ
 
@@ -129,3 +130,19 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=clean_environ(), timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name, error, match", [
+    ("dask.distributed", RuntimeError, "no Client"),  # asked for a cluster that is not there
+    ("bogus", ValueError, "Expected one of"),
+])
+def test_compute_keeps_dask_errors_for_unusable_schedulers(name, error, match):
+    """``scheduling.compute`` only short-cuts local schedulers it knows: a distributed scheduler
+    without a client, or an unknown name, fails with dask's own clear error (nothing runs)."""
+    ran = []
+    x = da.ones(4, chunks=2).map_blocks(lambda b: ran.append(1) or b, meta=np.array(()))
+    with dask.config.set(scheduler=name), pytest.raises(error, match=match):
+        compute(x)
+    with pytest.raises(error, match=match):
+        compute(x, scheduler=name)
+    assert ran == []
