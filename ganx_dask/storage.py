@@ -60,6 +60,10 @@ REMOTE_SCHEMES: dict[str, tuple[str, str]] = {
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", re.S)
 
+#: Name of a temporary file of zarr's ``LocalStore`` (``KEY.<uuid4 hex>.partial``, renamed onto
+#: ``KEY`` once written): a writer killed between the two (a dead worker, a ``kill -9``) leaves it.
+_ZARR_TEMPORARY = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
 
 def is_url(path: Any) -> bool:
     """True when ``path`` is a string of the form ``SCHEME://...`` (any scheme, even ``file``)."""
@@ -248,6 +252,31 @@ class Location:
             fs = self.fs()
             fs.pipe_file(probe.key, b"")
             fs.rm_file(probe.key)
+
+    def remove_write_leftovers(self) -> list[str]:
+        """Delete the temporary files that writers killed mid-write left below this location.
+
+        zarr's ``LocalStore`` writes every chunk and ``zarr.json`` to ``KEY.<uuid4 hex>.partial``
+        and renames it onto ``KEY``; a process killed in between leaves the temporary file (the
+        object itself is intact: the old one or none, which resume rewrites).  Only names of that
+        exact form are removed.  Object stores have no temporaries (``PUT`` is atomic): nothing
+        to do there.  Call only when no other writer is active below this location.
+
+        Returns
+        -------
+        list of str
+            The removed files, relative to this location (sorted).
+        """
+        if self._local is None or not self._local.is_dir():
+            return []
+        removed = []
+        for folder, _, files in os.walk(self._local):
+            for name in files:
+                if _ZARR_TEMPORARY.search(name):
+                    p = Path(folder, name)
+                    p.unlink(missing_ok=True)
+                    removed.append(str(p.relative_to(self._local)))
+        return sorted(removed)
 
     def clear_zarr_node(self) -> None:
         """Delete a Zarr node's contents, its own ``zarr.json`` last, then the node itself.

@@ -26,8 +26,9 @@ Write protocol
 2. template: all small variables, the coordinates, the metadata of ``counts`` (no data), the
    region record, attrs with ``complete: False``; then ``template_complete: True``;
 3. one task per region: compute the counts block, write its zarr chunk, set its record entry;
-4. ``complete: True``, then (stores without ``group``) consolidated metadata, so a plain
-   ``xr.open_zarr`` needs no fallback; an interrupted store has none and is opened without.
+4. the temporary files of writers killed mid-write (zarr's local ``KEY.<hex>.partial``) are
+   removed, then ``complete: True``, then (stores without ``group``) consolidated metadata, so a
+   plain ``xr.open_zarr`` needs no fallback; an interrupted store has none and is opened without.
 
 A run killed at any point leaves a store that ``resume=True`` finishes: the template is redone if
 it was not complete, then only regions whose record is False are computed (per-tile seeding makes
@@ -546,6 +547,7 @@ def plan_write(
         need_template = not attrs.get("template_complete", False)
         if attrs.get("complete") and not need_template:
             log.info("store %s is already complete: 0 regions to compute", target)
+            _remove_write_leftovers(target)
             if not _is_consolidated(path, group):  # killed between the last two steps
                 _consolidate(path, group)
             return WritePlan(path, group, complete=True)
@@ -590,8 +592,18 @@ def finish_write(plan: WritePlan) -> None:
     if not _record(path, group).all():  # pragma: no cover - a task failed silently
         raise GanxError(f"store {str(_group_dir(path, group))!r}: some regions were not "
                         "recorded as written")
+    _remove_write_leftovers(_group_dir(path, group))
     _update_attrs(_open_group(path, group, "r+"), complete=True)
     _consolidate(path, group)
+
+
+def _remove_write_leftovers(target: Location) -> None:
+    """Every region is written: the temporary files of writers killed mid-write (a dead worker,
+    an interrupted run) are litter; remove them so a finished store holds its objects only."""
+    removed = target.remove_write_leftovers()
+    if removed:
+        log.warning("store %s: removed %d temporary file(s) left by interrupted writers (%s)",
+                    target, len(removed), ", ".join(removed[:3]) + (" ..." if len(removed) > 3 else ""))
 
 
 def is_complete(path: str | os.PathLike, group: str | None = None) -> bool:

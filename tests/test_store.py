@@ -169,6 +169,42 @@ def test_interrupt_then_resume_is_byte_identical(reference, tmp_path):
     assert COMPUTED_BLOCKS == []
 
 
+_KILLED_IN_A_CHUNK_WRITE = """
+import os, pathlib, signal, sys
+import numpy as np, zarr
+# die between zarr's temporary file and its rename, as a worker killed mid-write does
+pathlib.Path.replace = lambda self, target: os.kill(os.getpid(), signal.SIGKILL)
+counts = zarr.open_array(sys.argv[1] + "/counts", mode="r+")
+counts[64:128, 128:192] = np.ones((64, 64, counts.shape[2]), dtype=counts.dtype)
+"""
+
+
+def test_resume_removes_the_temporaries_of_a_writer_killed_mid_write(reference, tmp_path):
+    """zarr's local store writes ``KEY.<hex>.partial`` then renames it: a worker killed between
+    the two leaves the temporary file.  The finished store must not keep it (CI caught one after
+    a real worker kill), and the cube stays byte-identical; other files are never touched."""
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "killed.zarr"
+    with dask.config.set(scheduler="synchronous"), pytest.raises(RuntimeError, match="death"):
+        store.to_zarr(_dataset(fail_at=(64, 128)), path)
+    assert (1, 2) in store.missing_regions(path)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_IN_A_CHUNK_WRITE, str(path)])
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = [p for p in path.rglob("*.partial")]
+    assert [p.relative_to(path).parts[:2] for p in leftovers] == [("counts", "c")]
+    assert not (path / "counts" / "c" / "1" / "2" / "0").exists()
+    keep = path / "counts" / "notes.partial"  # not zarr's pattern: not ours to delete
+    keep.write_text("a user's file")
+    with dask.config.set(scheduler="synchronous"):
+        store.to_zarr(_dataset(), path, resume=True)
+    assert list(path.rglob("*.partial")) == [keep]
+    keep.unlink()
+    assert _tree_hashes(path, True) == _tree_hashes(reference, True)
+
+
 @pytest.mark.parametrize("killed_at", [0, 1])
 def test_killed_while_writing_the_template_resumes(reference, tmp_path, monkeypatch, killed_at):
     """A process killed inside the template (the xarray write of the small variables, then the
