@@ -286,7 +286,8 @@ def generate(
     include_rgb : bool
         Add the input image as ``rgb(y, x, channel)``.
     engine : {"auto", "numpy", "numba"}
-        Sampler kernel (all give identical bits).
+        Sampler kernel (all give identical bits).  ``auto``: numba when installed and loaded or
+        worth loading for this cube, else numpy (:data:`ganx_dask.sampling.AUTO_NUMPY_PHOTONS`).
     detector : DetectorEffects, dict, str or None
         Detector and scan effects in the Monte Carlo (:mod:`ganx_dask.detector`): pile-up,
         dead time (adds ``live_time(y, x)``, seconds; needs ``poisson`` or ``luminosity``) and

@@ -105,6 +105,49 @@ CountModel = Literal["fixed", "poisson", "luminosity"]
 Engine = Literal["auto", "numpy", "numba"]
 
 
+#: Photons the numpy kernels may draw under ``engine="auto"`` in one process before numba is
+#: loaded (2²⁶ ≈ 6.7·10⁷).  numba's first use costs ≈ 0.8 s of wall time here (``import numba``,
+#: then the first cached kernel's set-up of numba's registries; GIL-bound, nothing runs beside
+#: it), and the numpy kernels ≈ 10 ns of wall time per photon more than numba's on two threads
+#: (measured 2026-12-02, ``docs/performance.md``): they cost as much over ≈ 8·10⁷ photons.  Each
+#: job (a cube, or one direct call) is decided once, on its total: numpy while the photons drawn
+#: with numpy so far plus the job's stay within this budget, else numba from then on — the
+#: ski-rental rule (rent until the rent paid would reach the price): never more than twice the
+#: cost of the best choice made knowing the future.
+AUTO_NUMPY_PHOTONS = 1 << 26
+
+
+class _AutoEngine:
+    """Process-wide state of ``engine="auto"``: photons given to numpy so far, numba loaded, and
+    the choice made for each recent job (its blocks may run in any order, on any thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.numpy_photons = 0
+        self.numba = False
+        self.jobs: dict[str, str] = {}
+
+    def choose(self, photons: float, job: str | None = None) -> str:
+        """Engine for ``photons`` (the whole job's when ``job`` names it)."""
+        with self.lock:
+            choice = "numba" if self.numba else self.jobs.get(job) if job else None
+            if choice is None:
+                numpy = self.numpy_photons + photons <= AUTO_NUMPY_PHOTONS
+                self.numpy_photons += int(photons) if numpy else 0
+                choice = "numpy" if numpy else "numba"
+                if job:
+                    if len(self.jobs) >= 256:
+                        self.jobs.clear()
+                    self.jobs[job] = choice
+        if choice == "numpy" or not has_numba():
+            return "numpy"
+        self.numba = True
+        return "numba"
+
+
+_AUTO = _AutoEngine()
+
+
 @functools.lru_cache(maxsize=1)
 def has_numba() -> bool:
     """Return True when the optional numba engine can be used (``pip install ganx-dask[fast]``)."""
@@ -297,13 +340,24 @@ def _alias_count_numpy_k(
     return np.bincount(idx, minlength=npix * E)
 
 
-def _resolve_engine(engine: str) -> str:
+def _expected_photons(counts: float, labels: np.ndarray, scale: np.ndarray | None) -> float:
+    """Photons a tile or block is expected to draw (every pixel counted), for the engine choice."""
+    return float(counts) * (labels.size if scale is None else float(np.sum(scale, dtype=float)))
+
+
+def _resolve_engine(engine: str, photons: float = 0.0, job: str | None = None) -> str:
+    """The kernels that draw ``photons`` (expected photons of a tile or block, or of the whole
+    ``job`` when named): ``engine`` as given, or for ``"auto"`` numba once it is loaded or worth
+    loading (:data:`AUTO_NUMPY_PHOTONS`), else numpy.  Every engine gives the same bits, so the
+    choice changes speed only."""
     if engine not in ("auto", "numpy", "numba"):
         raise GanxError(f"engine must be 'auto', 'numpy' or 'numba', got {engine!r}")
     if engine == "auto":
-        return "numba" if has_numba() else "numpy"
-    if engine == "numba" and not has_numba():
-        raise GanxError("engine='numba' needs numba: pip install 'ganx-dask[fast]'")
+        return _AUTO.choose(photons, job)
+    if engine == "numba":
+        if not has_numba():
+            raise GanxError("engine='numba' needs numba: pip install 'ganx-dask[fast]'")
+        _AUTO.numba = True
     return engine
 
 
@@ -468,7 +522,8 @@ def sample_tile(
     out : ndarray (h, w, E), optional
         Where to write (may be a strided view of a block); fully overwritten.
     engine : {"auto", "numpy", "numba"}
-        Bit-identical engines; ``auto`` uses numba when importable.
+        Bit-identical engines; ``auto`` uses numba when importable and loaded or worth loading
+        (see :data:`AUTO_NUMPY_PHOTONS`), else numpy.
     effects : TileEffects, optional
         Detector effects of this tile (pile-up, dead time, beam-spot blur); they draw from their
         own streams, so ``rng`` is consumed exactly as without them.
@@ -490,7 +545,7 @@ def sample_tile(
     if labels.size and labels.max() >= K:
         raise GanxError(f"label {int(labels.max())} has no spectrum (only {K} clusters)")
     ptab, atab = _tables if _tables is not None else _padded_tables(prob, alias)
-    engine = _resolve_engine(engine)
+    engine = _resolve_engine(engine, _expected_photons(counts, labels, scale))
     fx = effects if effects is not None and (effects.pileup or effects.blur
                                              or effects.effects.dead_time) else None
     tot = _pixel_totals(count_model, counts, labels, scale, rng, dtype,
@@ -697,6 +752,7 @@ def sample_block(
     if R:
         labels = labels[R:-R, R:-R]
     psf = _det.psf_table(detector.blur_fwhm_px, detector.blur_truncate) if R else None
+    engine = _resolve_engine(engine, _expected_photons(counts, labels, scale))
     y0, x0 = (int(o) for o in offset)
     if y0 % tile or x0 % tile:
         raise GanxError(f"block offset {offset} is not on the {tile}-pixel tile grid")
@@ -733,7 +789,7 @@ def sample_block(
                 _pc.sample_tile(lab_t, spectra, _pc.channel_rng(seed, ty, tx), counts=counts,
                                 count_model=count_model, true=pc[0], means=pc[1],
                                 out=out[r0:r1, c0:c1], effects=fx, tables=tables,
-                                engine=_resolve_engine(engine))
+                                engine=engine)
                 continue
             sample_tile(
                 labels[r0:r1, c0:c1], prob, alias, rng, counts=counts, count_model=count_model,
@@ -744,12 +800,15 @@ def sample_block(
 
 
 def _cube_block(labels, scale=None, *, prob, alias, seed, counts, count_model, tile, out_dtype,
-                engine, detector=None, energy_edges=None, starts=None, block_info=None):
+                engine, job=None, job_photons=0.0, detector=None, energy_edges=None,
+                starts=None, block_info=None):
     """``map_blocks`` adapter: global offset from ``block_info`` (module level, so it pickles).
 
     With a blur the labels block carries a halo, so the offset comes from the block's index and
-    the unpadded chunk ``starts`` instead.
+    the unpadded chunk ``starts`` instead.  ``engine="auto"`` is resolved here, once for the
+    whole cube (``job``: its name, ``job_photons``: its expected photons).
     """
+    engine = _resolve_engine(engine, job_photons, job)
     if starts is not None:
         iy, ix = block_info[0]["chunk-location"]
         offset = (starts[0][iy], starts[1][ix])
@@ -884,6 +943,6 @@ def sample_cube(
     return da.map_blocks(
         _cube_block, *args, prob=prob, alias=alias, seed=int(seed), counts=counts,
         count_model=count_model, tile=int(tile), out_dtype=dtype, engine=engine,
-        new_axis=2, chunks=labels.chunks + ((E,),),
+        job=name, job_photons=float(counts) * labels.size, new_axis=2, chunks=labels.chunks + ((E,),),
         meta=np.empty((0, 0, 0), dtype=dtype), name=name, **fx_kwargs,
     )

@@ -225,6 +225,56 @@ def test_cube_identical_across_chunkings_schedulers_engines():
     assert _cube_bytes(other) not in digests
 
 
+@pytest.fixture
+def fresh_auto(monkeypatch):
+    """A process that has not drawn anything under ``engine="auto"`` yet."""
+    auto = sampling._AutoEngine()
+    monkeypatch.setattr(sampling, "_AUTO", auto)
+    return auto
+
+
+def test_auto_engine_rents_numpy_until_numba_pays(fresh_auto, monkeypatch):
+    """Ski rental: a job is drawn with numpy while the photons given to numpy in this process,
+    its own included, stay within AUTO_NUMPY_PHOTONS; then numba for good.  A named job is
+    decided once, whichever of its blocks asks first.  Without numba: always numpy."""
+    B = sampling.AUTO_NUMPY_PHOTONS
+    later = "numba" if has_numba else "numpy"
+    assert sampling._resolve_engine("auto", B / 2, job="a") == "numpy"
+    assert sampling._resolve_engine("auto", B / 2, job="a") == "numpy"  # decided: not counted again
+    assert fresh_auto.numpy_photons == B / 2
+    assert sampling._resolve_engine("auto", B / 2) == "numpy"  # exactly B given: still numpy
+    assert fresh_auto.numpy_photons == B
+    assert sampling._resolve_engine("auto", 1, job="b") == later
+    assert sampling._resolve_engine("auto", B / 2, job="a") == later  # loaded: numba from now on
+    monkeypatch.setattr(sampling, "_AUTO", sampling._AutoEngine())
+    assert sampling._resolve_engine("auto", B + 1, job="big") == later  # worth loading at once
+    assert sampling._resolve_engine("numpy", 10 * B) == "numpy"  # explicit engines as given
+
+
+@requires_numba
+def test_explicit_numba_makes_auto_use_it(fresh_auto):
+    assert sampling._resolve_engine("numba") == "numba"
+    assert sampling._resolve_engine("auto", 1) == "numba"
+
+
+def test_auto_engine_switching_between_cubes_keeps_the_bytes(fresh_auto, monkeypatch):
+    """A cube within the budget is drawn with numpy (4 blocks of 64² px × 30 photons here, the
+    budget 5 blocks); the next one, which would exceed it, with numba from its first block: both
+    are the numpy engine's bytes."""
+    K, E = 3, 32
+    d = _spectra(K, E)
+    lab = _labels(128, 128, K)
+    cube_photons = 128 * 128 * 30
+    monkeypatch.setattr(sampling, "AUTO_NUMPY_PHOTONS", 5 * 64 * 64 * 30)
+    for seed, numba in ((4, False), (5, has_numba)):
+        ref = sampling.sample_block(lab, *sampling.alias_tables(d), seed=seed, counts=30,
+                                    engine="numpy")
+        cube = sampling.sample_cube(da.from_array(lab, chunks=64), d, seed=seed, counts=30)
+        with dask.config.set(scheduler="synchronous"):
+            assert _cube_bytes(cube) == hashlib.sha256(ref.tobytes()).hexdigest()
+        assert (fresh_auto.numpy_photons, fresh_auto.numba) == (cube_photons, numba)
+
+
 @pytest.mark.parametrize("model", ["poisson", "luminosity"])
 def test_random_models_chunking_invariant(model):
     K, E = 2, 16

@@ -64,7 +64,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="energy axis: lower edge (keV), upper edge (keV), channels "
                         "(default: %(default)s)")
     g.add_argument("--engine", choices=("auto", "numpy", "numba"), default="auto",
-                   help="sampler kernel; all give identical bits (default: %(default)s)")
+                   help="sampler kernel; all give identical bits (default: %(default)s: numba "
+                        "when installed, unless the cube is too small to pay for its start)")
     g = p.add_argument_group(
         "detector effects",
         "pile-up, dead time and beam-spot blur in the Monte Carlo (all off by default; see "
