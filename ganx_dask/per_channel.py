@@ -463,6 +463,14 @@ class RowDraws:
         return np.ascontiguousarray(self.values[u][:, a:a + idx.size].T)
 
 
+def _per_row(values: np.ndarray, rows: np.ndarray, n_rows: int) -> np.ndarray | None:
+    """``values`` (one per pixel, first axis) as one per row of ``dist`` when every pixel of a
+    row has the same (rows without pixels: 0), else ``None``."""
+    out = np.zeros((n_rows,) + values.shape[1:], dtype=np.float64)
+    out[rows] = values
+    return out if np.array_equal(out[rows], values) else None
+
+
 def _table_width(mu: np.ndarray, sigmas: float) -> np.ndarray:
     """Cells of each Poisson table: ``2·sigmas·√μ + 8`` values and the escape cell, rounded up
     to a multiple of 16 (≤ 256 cells) or 64 (above), so tables group into few widths."""
@@ -670,7 +678,7 @@ def sample_tile(
         dist = spectra
         rows = flat_lab[vidx].astype(np.intp)
     n_fixed = int(counts) if fixed else 0
-    chain_w = order = None
+    chain_w = order = intensity = None
     if pileup:
         fx = effects.effects
         if fixed:
@@ -688,12 +696,27 @@ def sample_tile(
             draw = _AliasDraw.of(dist)
         else:
             chain_w = _det.pileup_chain_weights(means, p, kmax, fixed=False)
+            row_w = None if blur else _per_row(chain_w, rows, dist.shape[0])
+            if row_w is not None:  # the recorded spectrum of each row, in counts per channel
+                intensity = np.einsum("uk,uke->ue", row_w, order)
+    elif not fixed and not blur and not shared_mean:
+        row_means = _per_row(means, rows, dist.shape[0])
+        if row_means is not None:
+            intensity = row_means[:, None] * dist
+    if intensity is not None and intensity.sum(axis=1).max() > 0:
+        # every pixel of a row expects the same counts in every channel (a calibrated cube's
+        # per-cluster counts, a shared mean with pile-up): one shared mean over rows scaled
+        # to it, so the big channels come from per-row Poisson tables
+        lam_ref = float(intensity.sum(axis=1).max())
+        dist = intensity / lam_ref
+        means = np.full(vidx.size, lam_ref)
+        shared_mean, chain_w = True, None
     split = None
-    if not blur and not (pileup and not fixed):
+    if not blur and chain_w is None:
         lam_ref = float(np.maximum(n_fixed - AIM * np.sqrt(n_fixed), 0.0)) if fixed else \
             float(means.max())
         # one mean per row of dist: fixed without pile-up, or a mean shared by every pixel
-        shared = TABLES and not pileup and (fixed or shared_mean)
+        shared = TABLES and ((fixed and not pileup) or shared_mean)
         split = _Split.of(dist, lam_ref, shared)
     # the table draws of the whole tile first: each table is read for all its pixels in a row
     drawn = split.tables.draw_rows(rng, rows, _kernels(engine)) \
@@ -710,7 +733,7 @@ def sample_tile(
             if pileup:
                 n -= rng.binomial(n_fixed - 1, p, size=nb)
             c = multinomial_rows(rng, n, dist, r, draw, split, drawn, b0, engine)[:, :E]
-        elif pileup:
+        elif chain_w is not None:
             lam = np.einsum("bk,bke->be", chain_w[sl], order[r])
             c = rng.poisson(lam)
         else:

@@ -131,6 +131,33 @@ def test_poisson_per_channel_statistics():
     assert stats.chi2.sf(float((z ** 2).sum()), z.size) > 1e-4
 
 
+def test_luminosity_constant_per_cluster_uses_tables_and_is_poisson():
+    """A calibrated cube's scale is one value per cluster: every pixel of a row expects the
+    same counts, so the big channels come from per-row Poisson tables (one shared mean over
+    rescaled rows); each channel is still Poisson(N·s_k·d_k[e])."""
+    N = 3000.0
+    d = _spectra(seed=2)
+    lab = _labels(96, 96, 3)
+    s_k = np.array([0.5, 1.0, 0.8])
+    scale = np.where(lab >= 0, s_k[np.maximum(lab, 0)], 0.0)
+    pc._SPLITS.clear()
+    out = _block(lab, d, N, "luminosity", scale=scale).astype(np.int64)
+    assert any(sp.tables is not None for sp in pc._SPLITS.values())
+    for k in range(3):
+        x = out[lab == k]
+        m = N * s_k[k] * d[k]
+        big = m > 50
+        zm = (x.mean(0)[big] - m[big]) / np.sqrt(m[big] / x.shape[0])
+        zv = (x.var(0, ddof=1)[big] - m[big]) / (m[big] * math.sqrt(2 / (x.shape[0] - 1)))
+        assert np.max(np.abs(zm)) < 4.5 and np.max(np.abs(zv)) < 5
+    z = _channel_z(out, lab, d, N * scale, lambda p: 1.0)
+    assert stats.chi2.sf(float((z ** 2).sum()), z.size) > 1e-4
+    pc._SPLITS.clear()
+    varying = scale * np.random.default_rng(3).uniform(0.9, 1.1, scale.shape)
+    _block(lab, d, N, "luminosity", scale=varying)  # a varying scale: one variate per channel
+    assert all(sp.tables is None for sp in pc._SPLITS.values())
+
+
 def test_poisson_rows_split_gives_independent_poissons():
     """Channels drawn as photons (Poisson splitting) and as variates: every channel an
     independent Poisson of mean λ·d (mean, variance, zero covariance), whatever its set."""
@@ -241,7 +268,8 @@ def test_per_channel_cube_identical_across_chunkings_schedulers_engines():
 
 @requires_numba
 @pytest.mark.parametrize("case", ["fixed", "poisson", "fixed-escapes", "poisson-dead-time",
-                                  "fixed-pileup", "fixed-blur", "poisson-blur", "luminosity"])
+                                  "fixed-pileup", "poisson-pileup", "fixed-blur", "poisson-blur",
+                                  "luminosity", "luminosity-clusters", "luminosity-pileup"])
 def test_per_channel_engines_give_the_same_bits(case, monkeypatch):
     """The numba kernels (table lookups and placement, photon draws and counts) consume the
     uniforms numpy drew: every per-channel variant gives the numpy engine's bytes."""
@@ -261,8 +289,10 @@ def test_per_channel_engines_give_the_same_bits(case, monkeypatch):
     if extra == "blur":
         kw["detector"] = det.DetectorEffects(blur_fwhm_px=2.0)
     if model == "luminosity":
-        kw["scale"] = da.from_array(np.random.default_rng(0).uniform(0.5, 1.5, lab.shape),
-                                    chunks=64)
+        scale = np.random.default_rng(0).uniform(0.5, 1.5, lab.shape)
+        if extra == "clusters":  # one scale per cluster, as a calibration gives
+            scale = np.array([0.6, 1.4, 1.0])[np.maximum(lab, 0)]
+        kw["scale"] = da.from_array(scale, chunks=64)
     calls = []
     real = pc.sample_tile
     monkeypatch.setattr(pc, "sample_tile", lambda *a, **k: calls.append(1) or real(*a, **k))
