@@ -52,9 +52,15 @@ cell holding the exact mass outside it (incomplete gamma functions); an escape i
 exactly from the tails.  The law is ``Poisson(μ)`` up to float64 rounding (the pmf from
 ``exp(k·ln μ − μ − ln k!)``: relative error ≲ 10⁻¹¹ at μ ~ 10⁴).  The tables are memoised by
 content (spectra and λ, like :class:`_Split`; ≤ 64 sets and 256 MB): the tiles of an image
-share them.  Luminosity maps keep one ``rng.poisson`` variate per channel.  This changed the bits
-of per-channel ``fixed`` and ``poisson`` tiles (format 2, before its release); the per-photon
-path (≤ 5 120 counts at E = 1024) is unchanged.
+share them.  This changed the bits of per-channel ``fixed`` and ``poisson`` tiles (format 2,
+before its release); the per-photon path (≤ 5 120 counts at E = 1024) is unchanged.
+
+More generally, whenever every pixel of a row expects the same counts ``I[u, e]`` in every
+channel — a luminosity map with one value per cluster (a calibrated cube), pile-up at a shared
+or per-cluster mean (the row's recorded spectrum ``Σ_k w_k · order_k``) — the rows are rescaled
+to ``I[u] / λ`` with ``λ = max_u Σ_e I[u, e]`` and drawn from the tables at the shared mean
+``λ``: the same law, each channel ``Poisson(I[u, e])`` (format 3).  A luminosity map that
+varies within a row, and pile-up with such a map, keep one ``rng.poisson`` variate per channel.
 
 Determinism
 -----------
@@ -628,8 +634,8 @@ def sample_tile(
     means : float, float array (V,) or None
         Photon mean of each valid pixel in row-major order (``poisson``/``luminosity``; dead
         time included), or one float shared by every pixel (``poisson`` without a luminosity
-        map: the ``big`` channels are then drawn from :class:`PoissonTables`); ``None`` for
-        ``fixed``.
+        map); the ``big`` channels are drawn from :class:`PoissonTables` when the means (and
+        pile-up chain weights) are the same within every row; ``None`` for ``fixed``.
     true : float array (V,) or None
         Expected *true* photons of each valid pixel (sets the pile-up rate; not for ``fixed``).
     out : ndarray (h, w, E) unsigned

@@ -137,8 +137,9 @@ def test_shared_split_draws_independent_poissons():
 
 
 def test_tables_only_when_the_pixels_of_a_row_share_the_mean(monkeypatch):
-    """``fixed`` and ``poisson`` draw from the tables; ``luminosity`` (per-pixel means) keeps one
-    ``rng.poisson`` variate per channel, even with a constant map: decided from the parameters."""
+    """``fixed`` and ``poisson`` draw from the tables, and so does ``luminosity`` when every
+    pixel of a row has the same mean (a constant map; one value per cluster, as a calibration
+    gives); a map that varies within a row keeps one ``rng.poisson`` variate per channel."""
     rng = np.random.default_rng(2)
     d = rng.random((3, 64)) ** 4
     d /= d.sum(axis=1, keepdims=True)
@@ -148,8 +149,11 @@ def test_tables_only_when_the_pixels_of_a_row_share_the_mean(monkeypatch):
     real = pc.PoissonTables.draw_rows
     monkeypatch.setattr(pc.PoissonTables, "draw_rows",
                         lambda self, *a: calls.append(1) or real(self, *a))
+    varying = rng.uniform(0.5, 1.0, size=(64, 64))
     for model, scale, used in (("fixed", None, True), ("poisson", None, True),
-                               ("luminosity", np.ones((64, 64)), False)):
+                               ("luminosity", np.ones((64, 64)), True),
+                               ("luminosity", np.array([0.5, 1.0, 0.8])[lab], True),
+                               ("luminosity", varying, False)):
         calls.clear()
         out = sampling.sample_block(lab, prob, alias, seed=4, counts=4000.0, count_model=model,
                                     scale=scale)
