@@ -42,8 +42,8 @@ from .seeding import check_seed
 #: ganx-dask ≤ 0.1.0 (MiniBatchKMeans on the sampled pixels; no attribute); 2: KMeans on the
 #: weighted colour histogram (:mod:`ganx_dask.clustering`) — other centroids, labels and counts;
 #: 3: per-channel tiles whose pixels expect the same counts row by row (a calibrated cube's
-#: per-cluster counts, pile-up at a shared mean) draw their big channels from Poisson tables —
-#: other counts there, the same law.
+#: per-cluster counts, pile-up at a shared mean) and ``fixed`` with pile-up draw their big
+#: channels from Poisson tables — other counts there, the same law.
 FORMAT_VERSION = 3
 
 __all__ = ["generate", "relative_luminance", "ENGINES", "FORMAT_VERSION"]

@@ -589,8 +589,10 @@ def multinomial_rows(rng: np.random.Generator, n: np.ndarray, dist: np.ndarray,
 
     Notes
     -----
-    One Poisson per channel with mean ``λ·d``, ``λ = max(n − √n, 0)`` (total ``T ~ Poisson(λ)``;
-    given ``T`` the vector is ``Multinomial(T, d)`` whatever ``λ`` is), then ``n − T`` photons
+    One Poisson per channel with mean ``λ·d``, ``λ = max(n − √n, 0)`` — or the mean of
+    ``split.tables`` for every pixel (pile-up: ``n`` varies around the tables' total) —
+    (total ``T ~ Poisson(λ)``; given ``T`` the vector is ``Multinomial(T, d)`` whatever ``λ``
+    is), then ``n − T`` photons
     added from ``d`` or ``T − n`` removed uniformly without replacement: exactly
     ``Multinomial(n, d)`` in both cases.  Aiming one σ low makes the cheap additions
     (≈ 1.1·√n photons on average) the rule and the dearer removals rare (16 % of pixels,
@@ -598,7 +600,10 @@ def multinomial_rows(rng: np.random.Generator, n: np.ndarray, dist: np.ndarray,
     """
     n = np.asarray(n, dtype=np.int64)
     rows = np.asarray(rows, dtype=np.intp)
-    lam = np.maximum(n - AIM * np.sqrt(n), 0.0)
+    if split is not None and split.tables is not None:  # the tables' mean for every pixel
+        lam = np.full(n.size, split.tables.lam)
+    else:
+        lam = np.maximum(n - AIM * np.sqrt(n), 0.0)
     pending: list = []
     nk = _kernels(engine)
     c = poisson_rows(rng, lam, dist, rows, split, drawn, first,
@@ -719,10 +724,14 @@ def sample_tile(
         shared_mean, chain_w = True, None
     split = None
     if not blur and chain_w is None:
-        lam_ref = float(np.maximum(n_fixed - AIM * np.sqrt(n_fixed), 0.0)) if fixed else \
-            float(means.max())
-        # one mean per row of dist: fixed without pile-up, or a mean shared by every pixel
-        shared = TABLES and ((fixed and not pileup) or shared_mean)
+        if fixed:  # the Poisson step of the multinomial aims 1 σ below the (mean) total
+            n_ref = n_fixed - (n_fixed - 1) * p if pileup else n_fixed
+            lam_ref = float(np.maximum(n_ref - AIM * np.sqrt(n_ref), 0.0))
+        else:
+            lam_ref = float(means.max())
+        # one mean for every pixel: fixed (with pile-up too: any mean gives the exact
+        # multinomial, multinomial_rows), or a mean shared by every pixel
+        shared = TABLES and (fixed or shared_mean)
         split = _Split.of(dist, lam_ref, shared)
     # the table draws of the whole tile first: each table is read for all its pixels in a row
     drawn = split.tables.draw_rows(rng, rows, _kernels(engine)) \
