@@ -714,11 +714,12 @@ def sample_tile(
         row_means = _per_row(means, rows, dist.shape[0])
         if row_means is not None:
             intensity = row_means[:, None] * dist
-    if intensity is not None and intensity.sum(axis=1).max() > 0:
+    row_total = 0.0 if intensity is None else float(intensity.sum(axis=1).max())
+    if row_total > 0:
         # every pixel of a row expects the same counts in every channel (a calibrated cube's
         # per-cluster counts, a shared mean with pile-up): one shared mean over rows scaled
         # to it, so the big channels come from per-row Poisson tables
-        lam_ref = float(intensity.sum(axis=1).max())
+        lam_ref = row_total
         dist = intensity / lam_ref
         means = np.full(vidx.size, lam_ref)
         shared_mean, chain_w = True, None

@@ -340,9 +340,13 @@ def _alias_count_numpy_k(
     return np.bincount(idx, minlength=npix * E)
 
 
-def _expected_photons(counts: float, labels: np.ndarray, scale: np.ndarray | None) -> float:
-    """Photons a tile or block is expected to draw (every pixel counted), for the engine choice."""
-    return float(counts) * (labels.size if scale is None else float(np.sum(scale, dtype=float)))
+def _engine_for(engine: str, counts: float, labels: np.ndarray, scale: np.ndarray | None) -> str:
+    """:func:`_resolve_engine` for a tile or block drawn on its own; its expected photons (every
+    pixel counted) are summed only for ``"auto"`` (a concrete engine is passed down as is)."""
+    if engine != "auto":
+        return _resolve_engine(engine)
+    return _resolve_engine(engine, float(counts) * (
+        labels.size if scale is None else float(np.sum(scale, dtype=float))))
 
 
 def _resolve_engine(engine: str, photons: float = 0.0, job: str | None = None) -> str:
@@ -545,7 +549,7 @@ def sample_tile(
     if labels.size and labels.max() >= K:
         raise GanxError(f"label {int(labels.max())} has no spectrum (only {K} clusters)")
     ptab, atab = _tables if _tables is not None else _padded_tables(prob, alias)
-    engine = _resolve_engine(engine, _expected_photons(counts, labels, scale))
+    engine = _engine_for(engine, counts, labels, scale)
     fx = effects if effects is not None and (effects.pileup or effects.blur
                                              or effects.effects.dead_time) else None
     tot = _pixel_totals(count_model, counts, labels, scale, rng, dtype,
@@ -752,7 +756,7 @@ def sample_block(
     if R:
         labels = labels[R:-R, R:-R]
     psf = _det.psf_table(detector.blur_fwhm_px, detector.blur_truncate) if R else None
-    engine = _resolve_engine(engine, _expected_photons(counts, labels, scale))
+    engine = _engine_for(engine, counts, labels, scale)
     y0, x0 = (int(o) for o in offset)
     if y0 % tile or x0 % tile:
         raise GanxError(f"block offset {offset} is not on the {tile}-pixel tile grid")
